@@ -1,0 +1,31 @@
+# Quick start: `make demo` (install + embedded demo), `make test` (install + test suite).
+# GPU users: make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+SHARED_WHEELS ?= ../shared/wheels
+PIP := $(VENV)/bin/python -m pip
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+# torch first: a plain `torch` requirement (pulled by mace-torch) would otherwise fetch a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools<81" wheel
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e ".[test]"
+	@# optional extra: prebuilt torch-cluster wheels when present (the PyPI sdist takes ~25 min to compile)
+	@if [ -d "$(SHARED_WHEELS)" ]; then $(PIP) install -q --no-index --find-links "$(SHARED_WHEELS)" torch-cluster \
+		|| echo "torch-cluster wheel not usable; the pure-torch radius graph is used"; fi
+	touch $@
+
+demo: install
+	$(VENV)/bin/hessdistill-demo
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf outputs multirun stores lightning_logs .pytest_cache

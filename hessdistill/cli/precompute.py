@@ -1,0 +1,51 @@
+"""``hessdistill-precompute``: build a subset's store from its source (if missing), then label it with the
+teacher's energies, forces and Hessians. Rerunning resumes where a killed run stopped.
+
+    hessdistill-precompute teacher=ani1x subset=demo_hcno
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.data.sources.ase_files import read_ase
+from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.precompute import precompute_teacher
+
+log = logging.getLogger(__name__)
+
+
+def build_store(subset: DictConfig) -> HessianStore:
+    """Open the subset's store, creating it from ``subset.source`` when it does not exist yet."""
+    path = Path(subset.store)
+    if not path.exists():
+        src = subset.source
+        structures = read_ase(src.path, energy_unit=src.energy_unit, length_unit=src.length_unit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_structures(path, structures)
+        log.info("wrote %d structures from %s to %s", len(structures), src.path, path)
+    return HessianStore(path, mode="a")
+
+
+def run(cfg: DictConfig) -> dict:
+    store = build_store(cfg.subset)
+    teacher = hydra.utils.instantiate(cfg.teacher)
+    result = precompute_teacher(store, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol)
+    store.close()
+    log.info("teacher %s: %d computed now, %d structures in %s, max Hessian asymmetry %.2e eV/Å²", teacher.name,
+             result["computed"], result["total"], store.path, result["max_asymmetry"])
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="precompute")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

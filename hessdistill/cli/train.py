@@ -1,0 +1,79 @@
+"""``hessdistill-train``: train a student on a store, undistilled or with Hessian distillation.
+
+    hessdistill-train experiment=demo distill=hessian
+    hessdistill-train --multirun experiment=demo distill.weights.hessian=100,400
+
+Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher) into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.data.datamodule import StoreDataModule
+from hessdistill.data.store import HessianStore
+from hessdistill.training.callbacks import HalveKDWeight
+from hessdistill.training.module import DistillModule
+
+log = logging.getLogger(__name__)
+
+
+def teacher_for_training(cfg: DictConfig) -> str | None:
+    """The teacher whose labels the run reads: required for KD terms, else used (when present) for reference."""
+    name = cfg.teacher.name
+    needs = cfg.distill.rows > 0 or cfg.distill.weights.hessian > 0 or cfg.distill.weights.force_kd > 0
+    store = HessianStore(cfg.subset.store)
+    complete = name in store.teachers() and bool(store.teacher_done(name).all())
+    store.close()
+    if needs and not complete:
+        raise FileNotFoundError(f"{cfg.subset.store}: no complete labels from teacher {name!r}; "
+                                f"run `hessdistill-precompute teacher={name} subset={cfg.subset.name}` first")
+    return name if complete else None
+
+
+def run(cfg: DictConfig, output_dir: str) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.distill.weights.hessian > 0 and cfg.distill.rows < 1:
+        raise ValueError("distill.weights.hessian > 0 needs distill.rows >= 1")
+    dm = StoreDataModule(store=cfg.subset.store, teacher=teacher_for_training(cfg), rows=cfg.distill.rows,
+                         batch_size=cfg.subset.batch_size, eval_batch_size=cfg.subset.eval_batch_size,
+                         split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed, cutoff=cfg.student.cutoff,
+                         max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
+                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows)
+    module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
+                           kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim)
+    module.student.set_energy_statistics(*dm.energy_statistics())
+    callbacks = [EMAWeightAveraging(decay=cfg.ema_decay), HalveKDWeight(**cfg.distill.halve_kd),
+                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", save_last=True),
+                 LearningRateMonitor()]
+    loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=output_dir)
+    trainer.fit(module, datamodule=dm)
+    result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
+              "epochs": trainer.current_epoch, "lambda_kd_final": module.weights.hessian}
+    if cfg.test:
+        (test,) = trainer.test(module, datamodule=dm, verbose=False)
+        result["test"] = {k: float(v) for k, v in test.items()}
+    Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
+    log.info("metrics written to %s", Path(output_dir, "metrics.json"))
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    torch.set_float32_matmul_precision("high")
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

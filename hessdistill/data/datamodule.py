@@ -1,0 +1,122 @@
+"""Lightning data module streaming structures and sampled teacher Hessian rows from a HessianStore.
+
+Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s
+sampled Hessian rows) per item. The radius graph is built per structure in the workers.
+Per-item fields added to the structure's PyG Data: edge_index (2, E), edge_shift (E, 3) Å, idx (store index),
+and with a teacher: teacher_energy (1,) eV, teacher_forces (N, 3) eV/Å, hess_row (1, s) sampled row indices,
+hess_rows (N, s, 3) eV/Å² (batched: (Ntot, s, 3), ``.permute(1, 0, 2)`` gives the (s, Ntot, 3) lanes).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch_geometric.loader import DataLoader
+
+from hessdistill.data.graph import radius_graph
+from hessdistill.data.store import HessianStore
+from hessdistill.hessian import rows_to_atom_layout, sample_hessian_rows
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
+    """Deterministic train/val/test split of range(n) by a seeded permutation; fractions sum to ≤ 1."""
+    if any(f < 0 for f in fractions) or sum(fractions) > 1.0 + 1e-9:
+        raise ValueError(f"split fractions must be ≥ 0 and sum to ≤ 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    n_test = min(int(round(fractions[2] * n)), n - n_train - n_val)
+    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train : n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val : n_train + n_val + n_test])}
+
+
+class StoreDataset(Dataset):
+    """Items of a store as PyG Data with graph, teacher labels and s sampled Hessian rows.
+
+    fixed_rows_seed: None samples fresh rows each access from the worker's RNG (training; reproducible under
+    Lightning's seed_everything); an int gives each structure the same rows every epoch (validation/test).
+    """
+
+    def __init__(self, store: HessianStore, indices: np.ndarray, teacher: str | None, rows: int, cutoff: float,
+                 max_neighbors: int, graph_backend: str = "auto", dtype: torch.dtype = torch.float32,
+                 fixed_rows_seed: int | None = None) -> None:
+        self.store, self.indices, self.teacher, self.rows = store, np.asarray(indices), teacher, rows
+        self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
+        self.fixed_rows_seed = fixed_rows_seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        data = self.store.structure(i).to_data(self.dtype)
+        data.idx = torch.tensor([i])
+        data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
+                                                        data.pbc[0], self.graph_backend)
+        if self.teacher is not None:
+            energy, forces = self.store.teacher_labels(self.teacher, i)
+            data.teacher_energy = torch.tensor([energy], dtype=self.dtype)
+            data.teacher_forces = torch.as_tensor(forces, dtype=self.dtype)
+            if self.rows > 0:
+                gen = None if self.fixed_rows_seed is None else torch.Generator().manual_seed(self.fixed_rows_seed + i)
+                rows = sample_hessian_rows(data.natoms, self.rows, gen)[0]
+                h = torch.as_tensor(self.store.hessian_rows(self.teacher, i, rows.numpy()), dtype=self.dtype)
+                data.hess_rows = rows_to_atom_layout(h)
+                data.hess_row = rows.unsqueeze(0)
+        return data
+
+
+class StoreDataModule(L.LightningDataModule):
+    """Train/val/test loaders over one store. The split is a seeded permutation of the store's structures."""
+
+    def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
+                 eval_batch_size: int = 32, split: tuple[float, float, float] = (0.8, 0.1, 0.1), split_seed: int = 0,
+                 cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
+                 eval_rows: int = 4, dtype: str = "float32") -> None:
+        super().__init__()
+        self.store_path, self.teacher, self.rows = store, teacher, rows
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.split_fractions, self.split_seed = tuple(split), split_seed
+        self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
+        self.eval_rows = eval_rows
+        self.dtype = getattr(torch, dtype)
+        self.store = HessianStore(store)
+        self.splits = split_indices(len(self.store), self.split_fractions, split_seed)
+        if teacher is not None:
+            done = self.store.teacher_done(teacher)
+            if not done.all():
+                raise ValueError(f"{store}: teacher {teacher!r} labels exist for {int(done.sum())}/{len(done)} structures;"
+                                 f" finish precompute first")
+
+    def dataset(self, name: str) -> StoreDataset:
+        training = name == "train"
+        return StoreDataset(self.store, self.splits[name], self.teacher, self.rows if training else self.eval_rows,
+                            self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
+                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed))
+
+    def train_dataloader(self):
+        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return DataLoader(self.dataset("val"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self):
+        return DataLoader(self.dataset("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def energy_statistics(self) -> tuple[torch.Tensor, float]:
+        """Per-element reference energies (119,) eV by least squares on the training split, and force RMS eV/Å."""
+        g = self.store.file["structures"]
+        z, offsets, energy = g["z"][:], self.store.offsets, g["energy"][:]
+        train = self.splits["train"]
+        counts = np.zeros((len(train), 119))
+        for row, i in enumerate(train):
+            np.add.at(counts[row], z[offsets[i] : offsets[i + 1]], 1)
+        present = counts.any(axis=0)
+        coef, *_ = np.linalg.lstsq(counts[:, present], energy[train], rcond=None)
+        refs = np.zeros(119)
+        refs[present] = coef
+        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in train])
+        force_rms = float(np.sqrt((g["forces"][:][atoms] ** 2).mean()))
+        return torch.as_tensor(refs), force_rms

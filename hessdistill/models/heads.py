@@ -1,0 +1,111 @@
+"""Shared output heads so that a student file only defines its representation.
+
+A representation maps (z (N,), edge vectors (E, 3) Å, edge_index (2, E)) to scalar features s (N, F) and
+vector features v (N, 3, F). ``ForceField`` adds the energy head (eV) and either a direct-force head on v
+or conservative forces F = −∇U (eV/Å). All message passing uses index_add (twice differentiable).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from hessdistill.data.graph import radius_graph
+
+ForceMode = Literal["direct", "conservative"]
+
+
+def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_out))
+
+
+def vector_norm(v: Tensor, eps: float = 1e-8) -> Tensor:
+    """‖v‖ over the Cartesian axis of (N, 3, F) → (N, F), smooth at v = 0 so every derivative stays finite."""
+    return torch.sqrt((v * v).sum(dim=1) + eps)
+
+
+class GatedEquivariantBlock(nn.Module):
+    """Mixes scalars (N, F_in) and vectors (N, 3, F_in) into (N, F_out), (N, 3, F_out) (PaiNN, Schütt 2021)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.mix_a = nn.Linear(n_in, n_out, bias=False)
+        self.mix_b = nn.Linear(n_in, n_out, bias=False)
+        self.update = mlp(n_in + n_out, n_in, 2 * n_out)
+
+    def forward(self, s: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        va, vb = self.mix_a(v), self.mix_b(v)
+        s_out, gate = self.update(torch.cat([s, vector_norm(vb)], dim=-1)).chunk(2, dim=-1)
+        return s_out, gate.unsqueeze(1) * va
+
+
+class ForceField(nn.Module):
+    """A student: representation + energy head + direct or conservative forces.
+
+    Energy U = Σ_i (scale · MLP(s_i) + ref[z_i]) in eV; ``atom_refs`` (119,) eV and ``scale`` (eV) are buffers set
+    from training statistics by ``set_energy_statistics``. Direct forces = scale · head(s, v) eV/Å.
+    """
+
+    def __init__(self, representation: nn.Module, force_mode: ForceMode = "direct", cutoff: float = 5.0,
+                 max_neighbors: int = 50) -> None:
+        super().__init__()
+        if force_mode not in ("direct", "conservative"):
+            raise ValueError(f"force_mode must be 'direct' or 'conservative', got {force_mode!r}")
+        self.representation = representation
+        self.force_mode = force_mode
+        self.cutoff = cutoff
+        self.max_neighbors = max_neighbors
+        f = representation.hidden_channels
+        self.energy_head = mlp(f, f // 2, 1)
+        if force_mode == "direct":
+            self.force_blocks = nn.ModuleList([GatedEquivariantBlock(f, f // 2), GatedEquivariantBlock(f // 2, 1)])
+        self.register_buffer("atom_refs", torch.zeros(119))
+        self.register_buffer("scale", torch.ones(()))
+
+    def set_energy_statistics(self, atom_refs: Tensor, scale: float) -> None:
+        """atom_refs: (119,) eV per element (linear fit of training energies); scale: force RMS, eV/Å."""
+        self.atom_refs.copy_(atom_refs.to(self.atom_refs))
+        self.scale.fill_(float(scale))
+
+    def ensure_graph(self, batch):
+        """Add edge_index/edge_shift (radius graph at this student's cutoff) to a batch that has none."""
+        if getattr(batch, "edge_index", None) is not None:
+            return batch
+        edges, shifts = [], []
+        for g in range(batch.num_graphs):
+            a, b = int(batch.ptr[g]), int(batch.ptr[g + 1])
+            e, sh = radius_graph(batch.pos[a:b], self.cutoff, self.max_neighbors, batch.cell[g], batch.pbc[g])
+            edges.append(e + a)
+            shifts.append(sh)
+        batch.edge_index = torch.cat(edges, dim=1).to(batch.pos.device)
+        batch.edge_shift = torch.cat(shifts).to(batch.pos)
+        return batch
+
+    def forward(self, batch, create_graph: bool = False) -> dict[str, Tensor]:
+        """energy (B,) eV, forces (Ntot, 3) eV/Å, and pos (Ntot, 3): the leaf the outputs depend on.
+
+        create_graph: keep conservative forces differentiable (needed for Hessian rows and training).
+        """
+        batch = self.ensure_graph(batch)
+        pos = batch.pos.detach().requires_grad_(True)
+        src, dst = batch.edge_index
+        vectors = pos[src] - pos[dst] + batch.edge_shift.to(pos)
+        s, v = self.representation(batch.z, vectors, batch.edge_index)
+        atom_energy = self.scale * self.energy_head(s).squeeze(-1) + self.atom_refs[batch.z]
+        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
+        if self.force_mode == "conservative":
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+            forces = -grad
+        else:
+            for block in self.force_blocks:
+                s, v = block(s, v)
+            forces = self.scale * v.squeeze(-1)
+        return {"energy": energy, "forces": forces, "pos": pos}
+
+    def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
+        """Inference: energies (B,) eV and forces (Ntot, 3) eV/Å, detached (same protocol as teachers)."""
+        with torch.enable_grad():
+            out = self(batch)
+        return out["energy"].detach(), out["forces"].detach()

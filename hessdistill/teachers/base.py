@@ -1,0 +1,91 @@
+"""The teacher interface: a frozen model giving energies, forces and batched Hessians.
+
+A subclass implements only ``energy`` (eV per structure, differentiable w.r.t. positions) and declares
+the elements it supports; forces and Hessians follow generically from ``hessdistill.hessian``.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor
+
+from hessdistill import hessian as hess
+
+
+class UnsupportedElementError(ValueError):
+    """The teacher has no parameters for an element present in a structure."""
+
+
+class Teacher(torch.nn.Module, abc.ABC):
+    """Frozen teacher. Batches are PyG batches with z (Ntot,), pos (Ntot, 3) Å, batch, ptr, cell, pbc.
+
+    name: short identifier recorded in the store; level_of_theory: what the teacher was trained on.
+    """
+
+    name: str = "teacher"
+    level_of_theory: str = "unknown"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    @abc.abstractmethod
+    def elements(self) -> frozenset[int]:
+        """Atomic numbers the teacher has parameters for."""
+
+    @abc.abstractmethod
+    def energy(self, batch) -> Tensor:
+        """Potential energy per structure, (B,) eV, differentiable w.r.t. ``batch.pos``."""
+
+    def freeze(self) -> "Teacher":
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_elements(self, batch) -> None:
+        """Raise UnsupportedElementError naming the structures (store index when known) and elements."""
+        known = torch.tensor(sorted(self.elements), device=batch.z.device)
+        bad = ~torch.isin(batch.z, known)
+        if bad.any():
+            graphs = torch.unique(batch.batch[bad]).tolist()
+            ids = batch.idx[graphs].tolist() if hasattr(batch, "idx") else graphs
+            missing = sorted(set(batch.z[bad].tolist()))
+            raise UnsupportedElementError(
+                f"teacher {self.name} has no parameters for atomic number(s) {missing} "
+                f"(structure(s) {ids}); it supports {sorted(self.elements)}"
+            )
+
+    def _prepare(self, batch):
+        self.check_elements(batch)
+        batch = batch.to(self.device)
+        batch.pos = batch.pos.to(self.dtype).detach().requires_grad_(True)
+        return batch
+
+    def energy_forces(self, batch, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+        """Energies (B,) eV and forces −∇U (Ntot, 3) eV/Å; forces keep a graph w.r.t. pos if create_graph."""
+        batch = self._prepare(batch)
+        with torch.enable_grad():
+            energy = self.energy(batch)
+            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=create_graph)
+        return energy, -grad
+
+    def hessians(self, batch, chunk_size: int | None = None, strategy: hess.RowStrategy = "auto"):
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and full Hessians [(3N_i, 3N_i)] eV/Å², all detached."""
+        batch = self._prepare(batch)
+        with torch.enable_grad():
+            energy = self.energy(batch)
+            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
+            forces = -grad
+            hessians = hess.batched_hessians(forces, batch.pos, batch.ptr, chunk_size, strategy)
+        return energy.detach(), forces.detach(), hessians

@@ -1,0 +1,81 @@
+"""MACE models (mace-torch ``.model`` files: MACE-OFF, MACE-MP-0, custom) as teachers.
+
+The neighbour list and one-hot node attributes come from mace-torch's own data pipeline; our positions
+tensor is substituted so the energy is differentiable w.r.t. it. Periodic cells work through MACE's shifts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hessdistill.teachers.base import Teacher
+
+
+def load_mace_model(path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
+    """Load a full pickled MACE model (as saved by mace-torch) onto the CPU in ``dtype``."""
+    import mace  # noqa: F401  (sets what e3nn needs for unpickling under torch >= 2.6)
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"MACE model file not found: {path}")
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    if not hasattr(model, "atomic_numbers") or not hasattr(model, "r_max"):
+        raise ValueError(f"{path} is not a MACE model (no atomic_numbers / r_max)")
+    return model.to(dtype)
+
+
+class MACETeacher(Teacher):
+    """A MACE model. model: a ``.model`` path or an already built mace-torch module; name: store label."""
+
+    def __init__(self, model: str | torch.nn.Module, name: str = "mace", level_of_theory: str = "unknown",
+                 head: str | None = None, dtype: str = "float64") -> None:
+        super().__init__()
+        torch_dtype = getattr(torch, dtype)
+        self.model = load_mace_model(model, torch_dtype) if isinstance(model, (str, Path)) else model.to(torch_dtype)
+        self.name, self.level_of_theory = name, level_of_theory
+        heads = list(getattr(self.model, "heads", None) or ["default"])
+        self.head = head or heads[0]
+        if self.head not in heads:
+            raise ValueError(f"MACE head {self.head!r} not in model heads {heads}")
+        self.heads = heads
+        self.r_max = float(self.model.r_max)
+        self.freeze()
+
+    @property
+    def elements(self) -> frozenset[int]:
+        return frozenset(int(z) for z in self.model.atomic_numbers)
+
+    def _mace_batch(self, batch) -> dict[str, Tensor]:
+        from mace import data as mace_data
+        from mace.tools import AtomicNumberTable
+        from mace.tools.torch_geometric import Batch as MaceBatch
+
+        from hessdistill.data.structures import Structure
+
+        table = AtomicNumberTable([int(z) for z in self.model.atomic_numbers])
+        items = []
+        for g in range(batch.num_graphs):
+            a, b = int(batch.ptr[g]), int(batch.ptr[g + 1])
+            atoms = Structure(z=batch.z[a:b].cpu().numpy(), positions=batch.pos[a:b].detach().cpu().double().numpy(),
+                              cell=batch.cell[g].cpu().double().numpy(), pbc=batch.pbc[g].cpu().numpy()).to_atoms()
+            config = mace_data.config_from_atoms(atoms, head_name=self.head)
+            items.append(mace_data.AtomicData.from_config(config, z_table=table, cutoff=self.r_max, heads=self.heads))
+        return MaceBatch.from_data_list(items).to(batch.pos.device).to_dict()
+
+    def energy(self, batch) -> Tensor:
+        data = self._mace_batch(batch)
+        for key, value in data.items():
+            if torch.is_tensor(value) and value.is_floating_point():
+                data[key] = value.to(self.dtype)
+        data["positions"] = batch.pos  # same atom order; keeps the graph to our positions
+        out = self.model(data, training=False, compute_force=False)
+        return out["energy"]
+
+    def node_features(self, batch) -> Tensor:
+        """Final-layer node features (Ntot, F) (for the n2n baseline)."""
+        data = self._mace_batch(batch)
+        data["positions"] = batch.pos.detach().to(self.dtype)
+        return self.model(data, training=False, compute_force=False)["node_feats"].detach()
