@@ -67,13 +67,19 @@ def main(argv=None) -> None:
                                        args.friction, args.equilibrate, args.interval)
             jobs += [(name, seed, f, snaps[f], args.xc, args.basis) for f in missing]
     print(f"{len(done)} frames already labelled, {len(jobs)} to go -> {args.out}", flush=True)
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for k, (atoms, seconds) in enumerate(pool.imap_unordered(_label, jobs), 1):
-            append_frame(args.out, atoms)
-            info = atoms.info
-            print(f"[{k}/{len(jobs)}] {info['molecule']} seed {info['seed']} frame {info['frame']}: "
-                  f"{seconds:.1f} s", flush=True)
+    if args.workers == 1:
+        _append_all(args.out, map(_label, jobs), len(jobs))
+    else:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            _append_all(args.out, pool.imap_unordered(_label, jobs), len(jobs))
 
+
+def _append_all(out: str, results, total: int) -> None:
+    """Append each labelled frame as soon as it arrives (single writer: the parent process)."""
+    for k, (atoms, seconds) in enumerate(results, 1):
+        append_frame(out, atoms)
+        info = atoms.info
+        print(f"[{k}/{total}] {info['molecule']} seed {info['seed']} frame {info['frame']}: {seconds:.1f} s", flush=True)
 
 if __name__ == "__main__":
     main()

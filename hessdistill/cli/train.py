@@ -1,7 +1,7 @@
 """``hessdistill-train``: train a student on a store, undistilled or with Hessian distillation.
 
     hessdistill-train experiment=demo distill=hessian
-    hessdistill-train --multirun experiment=demo distill.weights.hessian=100,400
+    hessdistill-train --multirun experiment=demo distill.lambda_kd=100,400
 
 Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher) into the run directory.
 """

@@ -25,6 +25,7 @@ A teacher's rows are only trusted where ``done`` is set, so an interrupted preco
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -79,6 +80,7 @@ class HessianStore:
             raise StoreError(f"store not found: {self.path}")
         self.mode = mode
         self._file: h5py.File | None = None
+        self._pid = os.getpid()
         f = self.file
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{self.path} is not a hessdistill store (format attribute {f.attrs.get('format')!r})")
@@ -86,8 +88,10 @@ class HessianStore:
 
     @property
     def file(self) -> h5py.File:
-        if self._file is None:
+        """The open h5py file of *this* process (a DataLoader worker forked with a handle reopens its own)."""
+        if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, self.mode)
+            self._pid = os.getpid()
         return self._file
 
     def close(self) -> None:
@@ -95,7 +99,7 @@ class HessianStore:
             self._file.close()
             self._file = None
 
-    def __getstate__(self):  # h5py handles cannot be pickled into DataLoader workers: reopen there
+    def __getstate__(self):  # h5py handles cannot be pickled into spawned workers: reopen there
         state = dict(self.__dict__)
         state["_file"] = None
         return state

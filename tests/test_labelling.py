@@ -1,0 +1,54 @@
+"""Labelling: DFT forces are −∇E, teacher MD is reproducible, and the CLI resumes without duplicates."""
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from hessdistill.labelling.append_log import read_complete
+
+pyscf = pytest.importorskip("pyscf")
+
+
+def test_dft_forces_are_minus_energy_gradient():
+    from hessdistill.labelling.pyscf_dft import dft_energy_forces
+
+    atoms = molecule("H2O")
+    energy, forces = dft_energy_forces(atoms, xc="lda,vwn", basis="sto-3g")
+    delta = 1e-3
+    for atom, axis in [(0, 2), (1, 0)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[atom, axis] += delta
+        minus.positions[atom, axis] -= delta
+        fd = -(dft_energy_forces(plus, "lda,vwn", "sto-3g")[0] - dft_energy_forces(minus, "lda,vwn", "sto-3g")[0]) / (2 * delta)
+        assert forces[atom, axis] == pytest.approx(fd, abs=2e-3)
+    assert energy < -2000  # eV: water's total energy is about −75 Ha
+
+
+def test_langevin_snapshots_reproducible_and_moving():
+    from hessdistill.calculator import TorchCalculator
+    from hessdistill.labelling.md_sampling import langevin_snapshots
+    from hessdistill.teachers.ani import ANITeacher
+
+    calc = TorchCalculator(ANITeacher())
+    a = langevin_snapshots(molecule("CH4"), calc, 2, seed=3, n_equilibrate=5, interval=5)
+    b = langevin_snapshots(molecule("CH4"), calc, 2, seed=3, n_equilibrate=5, interval=5)
+    c = langevin_snapshots(molecule("CH4"), calc, 2, seed=4, n_equilibrate=5, interval=5)
+    assert len(a) == 2
+    np.testing.assert_allclose(a[1].positions, b[1].positions)
+    assert np.abs(a[1].positions - c[1].positions).max() > 1e-4
+    assert np.abs(a[0].positions - a[1].positions).max() > 1e-4
+
+
+def test_label_cli_resumes(tmp_path):
+    from hessdistill.cli.label import main
+
+    out = tmp_path / "labels.extxyz"
+    args = ["--molecules", "CH4", "--seeds", "1", "2", "--snapshots", "2", "--equilibrate", "5", "--interval", "5",
+            "--xc", "lda,vwn", "--basis", "sto-3g", "--out", str(out)]
+    main(args[:4] + args[5:])  # seed 1 only
+    assert len(read_complete(out)) == 2
+    main(args)  # seeds 1 and 2: only seed 2 is new
+    frames = read_complete(out)
+    keys = [(f.info["molecule"], f.info["seed"], f.info["frame"]) for f in frames]
+    assert sorted(keys) == [("CH4", 1, 0), ("CH4", 1, 1), ("CH4", 2, 0), ("CH4", 2, 1)]
+    assert all(np.isfinite(f.get_forces()).all() for f in frames)
