@@ -1,7 +1,8 @@
 """Loss terms of Hessian distillation (Amin et al. 2025, Eq. 2–3 and §3.4), as pure functions.
 
 Per-structure quantities are averaged over the B structures of a batch (never over unequal per-rank
-batches), so the same loss results however a global batch is split. Shapes: energies (B,) eV; forces
+batches), so the same loss results however a global batch is split (except the ``l2_per_atom`` KD norm,
+which follows the authors' code and averages over atoms). Shapes: energies (B,) eV; forces
 (Ntot, 3) eV/Å; ``batch`` (Ntot,) structure index of each atom; Hessian rows in lane layout (s, Ntot, 3) eV/Å².
 """
 

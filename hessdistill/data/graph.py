@@ -30,7 +30,7 @@ def _cap_neighbors(edge_index: Tensor, dist: Tensor, n_atoms: int, max_neighbors
     order = torch.argsort(target * (dist.max() + 1.0) + dist)  # by target, then by distance
     start = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel()) - start[target[order]]
+    rank[order] = torch.arange(order.numel(), device=order.device) - start[target[order]]
     return rank < max_neighbors
 
 
@@ -50,10 +50,10 @@ def _cluster_radius(pos: Tensor, cutoff: float, max_neighbors: int) -> Tensor:
 def _ase_radius(pos: Tensor, cell: Tensor, pbc: Tensor, cutoff: float) -> tuple[Tensor, Tensor]:
     from ase.neighborlist import primitive_neighbor_list
 
-    i, j, shift = primitive_neighbor_list("ijS", pbc.numpy(), cell.double().numpy(), pos.double().numpy(), cutoff,
-                                          self_interaction=False)
-    edge_index = torch.as_tensor(np.stack([j, i]), dtype=torch.long)
-    return edge_index, torch.as_tensor(shift, dtype=pos.dtype) @ cell.to(pos.dtype)
+    i, j, shift = primitive_neighbor_list("ijS", pbc.cpu().numpy(), cell.detach().cpu().double().numpy(),
+                                          pos.cpu().double().numpy(), cutoff, self_interaction=False)
+    edge_index = torch.as_tensor(np.stack([j, i]), dtype=torch.long, device=pos.device)
+    return edge_index, torch.as_tensor(shift, dtype=pos.dtype, device=pos.device) @ cell.to(pos)
 
 
 def radius_graph(pos: Tensor, cutoff: float, max_neighbors: int = 50, cell: Tensor | None = None,

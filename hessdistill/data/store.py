@@ -56,18 +56,22 @@ def write_structures(path: str | Path, structures: Sequence[Structure], overwrit
     counts = np.array([s.n_atoms for s in structures])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     partial = path.with_name(path.name + ".partial")
-    with h5py.File(partial, "w") as f:
-        f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        g = f.create_group("structures")
-        g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
-        g["positions"] = np.concatenate([s.positions for s in structures])
-        g["offsets"] = offsets
-        g["cell"] = np.stack([s.cell for s in structures])
-        g["pbc"] = np.stack([s.pbc for s in structures])
-        g["energy"] = np.array([s.energy for s in structures], dtype=np.float64)
-        g["forces"] = np.concatenate([s.forces for s in structures])
-        info = [json.dumps({**s.info, "source": s.source}, default=str) for s in structures]
-        g.create_dataset("info", data=np.array(info, dtype=object), dtype=h5py.string_dtype())
+    try:
+        with h5py.File(partial, "w") as f:
+            f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            g = f.create_group("structures")
+            g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
+            g["positions"] = np.concatenate([s.positions for s in structures])
+            g["offsets"] = offsets
+            g["cell"] = np.stack([s.cell for s in structures])
+            g["pbc"] = np.stack([s.pbc for s in structures])
+            g["energy"] = np.array([s.energy for s in structures], dtype=np.float64)
+            g["forces"] = np.concatenate([s.forces for s in structures])
+            info = [json.dumps({**s.info, "source": s.source}, default=str) for s in structures]
+            g.create_dataset("info", data=np.array(info, dtype=object), dtype=h5py.string_dtype())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.rename(path)
 
 

@@ -1,0 +1,120 @@
+"""Shared fixtures: small molecules, PyG batches, tiny students, the ANI-1x teacher and a tiny labelled store.
+
+Units throughout: eV, Å, eV/Å, Hessians eV/Å². Everything written goes to pytest's tmp paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from torch_geometric.data import Batch
+
+from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.data.structures import Structure
+from hessdistill.hessian import rows_to_atom_layout
+
+# The models under test are tiny: intra-op thread pools only add overhead, and on a busy 2-core machine
+# OpenMP barriers made single tiny backwards ~300x slower. One thread keeps the suite fast and predictable.
+torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    # Lightning's own use of a deprecated torch pytree API; nothing the project can act on
+    config.addinivalue_line("filterwarnings", "ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STORE_MOLECULES = ("H2O", "NH3", "CH4", "CH3OH")
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ../shared/, or skip the calling test (the suite must pass without ../shared/)."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{relative}, which is absent on this machine")
+    return path
+
+
+def rattled(name: str, seed: int = 0, stdev: float = 0.05):
+    """An ase.build.molecule displaced by Gaussian noise (Å): off-equilibrium, no accidental symmetry."""
+    atoms = molecule(name)
+    atoms.rattle(stdev=stdev, seed=seed)
+    return atoms
+
+
+def make_batch(atoms_list, dtype: torch.dtype = torch.float64) -> Batch:
+    """A PyG Batch of ASE Atoms through the project's own Structure → Data conversion."""
+    return Batch.from_data_list([Structure.from_atoms(a).to_data(dtype) for a in atoms_list])
+
+
+def tiny_painn(force_mode: str, dtype: torch.dtype = torch.float64, seed: int = 0):
+    """A small random-weight PaiNN student (hidden 16, 2 layers, 8 RBF, cutoff 4 Å)."""
+    from hessdistill.models.painn import PaiNN
+
+    torch.manual_seed(seed)
+    return PaiNN(hidden_channels=16, num_layers=2, num_rbf=8, cutoff=4.0, force_mode=force_mode).to(dtype)
+
+
+def teacher_lane_rows(hessians: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """Full per-structure Hessians [(3N_i, 3N_i)] and rows (B, s) → teacher rows in lane layout (s, Ntot, 3)."""
+    per_atom = [rows_to_atom_layout(h[r]) for h, r in zip(hessians, rows)]
+    return torch.cat(per_atom).permute(1, 0, 2)
+
+
+def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:
+    """Structures labelled with a teacher's energy (eV) and forces (eV/Å)."""
+    structures = []
+    for k, atoms in enumerate(atoms_list):
+        energy, forces = teacher.energy_forces(make_batch([atoms], teacher.dtype))
+        s = Structure.from_atoms(atoms, source=f"{source}[{k}]")
+        s.energy, s.forces = float(energy.detach()[0]), forces.detach().double().numpy()
+        structures.append(s)
+    return structures
+
+
+def write_labelled_store(path: Path, teacher, names=STORE_MOLECULES, per_molecule: int = 4, seed: int = 0,
+                         stdev: float = 0.08) -> Path:
+    """Write a tiny store of rattled molecules labelled by ``teacher`` and precompute its Hessians."""
+    from hessdistill.precompute import precompute_teacher
+
+    atoms_list = []
+    for k, name in enumerate(names):
+        for r in range(per_molecule):
+            atoms = rattled(name, seed=seed + 100 * k + r, stdev=stdev)
+            atoms.info["molecule"] = name
+            atoms_list.append(atoms)
+    write_structures(path, label_with(teacher, atoms_list, source=str(path)))
+    store = HessianStore(path, mode="a")
+    try:
+        result = precompute_teacher(store, teacher, batch_size=8, strategy="vmap", progress=False)
+    finally:
+        store.close()
+    assert result["computed"] == len(atoms_list)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ani_teacher():
+    """ANI-1x (8-model ensemble, H C N O), float64; weights ship in the torchani wheel."""
+    from hessdistill.teachers.ani import ANITeacher
+
+    return ANITeacher()
+
+
+@pytest.fixture(scope="session")
+def labelled_store(tmp_path_factory, ani_teacher) -> Path:
+    """16 structures (4 molecules × 4 rattles) with ANI-1x labels and ANI-1x Hessians as teacher "ani1x".
+
+    Session-scoped and read-only for tests: open it with ``HessianStore(path)`` (mode "r") only.
+    """
+    path = tmp_path_factory.mktemp("store") / "tiny.h5"
+    return write_labelled_store(path, ani_teacher)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

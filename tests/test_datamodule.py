@@ -1,0 +1,159 @@
+"""Data module: splits, per-item teacher Hessian rows and their batched lane layout, energy statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from torch_geometric.loader import DataLoader
+
+from conftest import teacher_lane_rows
+from hessdistill.data.datamodule import StoreDataModule, StoreDataset, split_indices
+from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.data.structures import Structure
+from hessdistill.hessian import force_jacobian_rows
+
+TEACHER = "ani1x"
+
+
+# ---- splits ------------------------------------------------------------------------------------------------
+def test_split_indices_deterministic_disjoint_covering():
+    a = split_indices(50, (0.6, 0.2, 0.2), seed=3)
+    b = split_indices(50, (0.6, 0.2, 0.2), seed=3)
+    c = split_indices(50, (0.6, 0.2, 0.2), seed=4)
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["train"], c["train"])
+    assert [len(a[k]) for k in ("train", "val", "test")] == [30, 10, 10]
+    together = np.concatenate([a["train"], a["val"], a["test"]])
+    assert sorted(together.tolist()) == list(range(50))  # disjoint and covering
+    for part in a.values():
+        assert np.all(np.diff(part) > 0)  # sorted, so HDF5 reads go forward
+
+
+def test_split_indices_partial_and_invalid():
+    parts = split_indices(10, (0.5, 0.2, 0.1), seed=0)
+    sizes = [len(parts[k]) for k in ("train", "val", "test")]
+    assert sizes == [5, 2, 1]
+    assert len(set(np.concatenate(list(parts.values())).tolist())) == 8
+    # rounding up (1.5 → 2 twice) never makes the splits overlap or exceed n
+    parts = split_indices(3, (0.5, 0.5, 0.0), seed=0)
+    together = np.concatenate(list(parts.values())).tolist()
+    assert sorted(together) == [0, 1, 2] and len(parts["train"]) == 2
+    with pytest.raises(ValueError, match="sum to"):
+        split_indices(10, (0.8, 0.3, 0.0), seed=0)
+    with pytest.raises(ValueError, match="≥ 0"):
+        split_indices(10, (1.1, -0.1, 0.0), seed=0)
+
+
+# ---- items and batches -------------------------------------------------------------------------------------
+def make_dataset(path, rows: int, fixed_rows_seed=None, dtype=torch.float64, indices=None):
+    store = HessianStore(path)
+    idx = np.arange(len(store)) if indices is None else np.asarray(indices)
+    return StoreDataset(store, idx, TEACHER, rows=rows, cutoff=4.0, max_neighbors=50, graph_backend="torch",
+                        dtype=dtype, fixed_rows_seed=fixed_rows_seed)
+
+
+def test_items_carry_the_stored_hessian_rows(labelled_store):
+    ds = make_dataset(labelled_store, rows=3, indices=[5, 0, 9])
+    store = ds.store
+    for k, i in enumerate([5, 0, 9]):
+        item = ds[k]
+        n = store.n_atoms(i)
+        assert int(item.idx) == i
+        assert item.hess_row.shape == (1, 3) and item.hess_rows.shape == (n, 3, 3)
+        rows = item.hess_row[0].numpy()
+        assert len(set(rows.tolist())) == 3 and rows.max() < 3 * n
+        full = store.hessian(TEACHER, i)
+        expected = full[rows]  # (s, 3N)
+        np.testing.assert_array_equal(item.hess_rows.permute(1, 0, 2).reshape(3, 3 * n).numpy(), expected)
+        energy, forces = store.teacher_labels(TEACHER, i)
+        assert float(item.teacher_energy) == energy
+        np.testing.assert_array_equal(item.teacher_forces.numpy(), forces)
+        np.testing.assert_array_equal(item.forces.numpy(), store.structure(i).forces)
+        assert item.edge_index.shape[0] == 2 and item.edge_index.shape[1] == n * (n - 1)  # all pairs within 4 Å
+
+
+def test_fixed_rows_seed_gives_the_same_rows_each_access(labelled_store):
+    fixed = make_dataset(labelled_store, rows=2, fixed_rows_seed=123)
+    assert torch.equal(fixed[3].hess_row, fixed[3].hess_row)
+    assert torch.equal(fixed[3].hess_rows, fixed[3].hess_rows)
+    other = make_dataset(labelled_store, rows=2, fixed_rows_seed=999)
+    assert any(not torch.equal(fixed[k].hess_row, other[k].hess_row) for k in range(len(fixed)))
+
+    torch.manual_seed(0)
+    fresh = make_dataset(labelled_store, rows=1, fixed_rows_seed=None)
+    seen = {int(fresh[3].hess_row) for _ in range(20)}
+    assert len(seen) > 1  # training items draw new rows on each access
+
+
+def test_batched_rows_permute_to_lanes_of_force_jacobian_rows(labelled_store, ani_teacher):
+    """Batched hess_rows (Ntot, s, 3) → .permute(1, 0, 2) is the (s, Ntot, 3) lane layout in which
+    force_jacobian_rows returns −H rows for the same ``hess_row`` indices."""
+    s = 3
+    ds = make_dataset(labelled_store, rows=s, fixed_rows_seed=0, indices=[1, 6, 11, 14])
+    batch = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
+    n_total = int(batch.ptr[-1])
+    assert batch.hess_rows.shape == (n_total, s, 3) and batch.hess_row.shape == (4, s)
+    lanes = batch.hess_rows.permute(1, 0, 2)
+    assert lanes.shape == (s, n_total, 3)
+
+    full = [torch.as_tensor(ds.store.hessian(TEACHER, int(i)), dtype=torch.float64) for i in batch.idx]
+    torch.testing.assert_close(lanes, teacher_lane_rows(full, batch.hess_row), atol=0, rtol=0)
+
+    # the teacher's own force Jacobian rows at the same indices (float32 storage tolerance)
+    prepared = ani_teacher._prepare(batch.clone())
+    energy = ani_teacher.energy(prepared)
+    (grad,) = torch.autograd.grad(energy.sum(), prepared.pos, create_graph=True)
+    rows = force_jacobian_rows(-grad, prepared.pos, batch.hess_row, batch.ptr, create_graph=False)
+    torch.testing.assert_close(lanes, -rows, atol=1e-4, rtol=1e-5)
+
+
+# ---- energy statistics -------------------------------------------------------------------------------------
+def test_energy_statistics_recovers_per_element_references(tmp_path, rng):
+    refs = {1: -13.6, 6: -1029.8, 7: -1485.3, 8: -2041.7}
+    names = ["H2O", "CH4", "NH3", "CH3OH", "HCOOH", "CH3CH2OH", "HCN", "N2H4", "CH3NO2", "H2CO", "C2H2", "NO2"]
+    structures = []
+    for name in names:
+        atoms = molecule(name)
+        s = Structure.from_atoms(atoms, source=name)
+        s.energy = float(sum(refs[int(z)] for z in atoms.numbers))
+        s.forces = rng.normal(size=(len(atoms), 3))
+        structures.append(s)
+    path = tmp_path / "linear.h5"
+    write_structures(path, structures)
+    dm = StoreDataModule(str(path), teacher=None, split=(0.75, 0.25, 0.0), split_seed=1, cutoff=4.0)
+    atom_refs, force_rms = dm.energy_statistics()
+    assert atom_refs.shape == (119,)
+    train = dm.splits["train"]
+    assert len(train) == 9
+    present = {int(z) for i in train for z in structures[i].z}
+    for z in present:
+        assert float(atom_refs[z]) == pytest.approx(refs[z], abs=1e-8)
+    absent = [z for z in range(119) if z not in present]
+    assert torch.all(atom_refs[absent] == 0)
+    train_forces = np.concatenate([structures[i].forces for i in train])
+    assert force_rms == pytest.approx(float(np.sqrt((train_forces**2).mean())), rel=1e-12)
+    all_forces = np.concatenate([s.forces for s in structures])
+    assert force_rms != pytest.approx(float(np.sqrt((all_forces**2).mean())), rel=1e-9)  # training split only
+
+
+def test_datamodule_requires_complete_teacher_labels(tmp_path, labelled_store):
+    import shutil
+
+    path = tmp_path / "copy.h5"
+    shutil.copy(labelled_store, path)
+    store = HessianStore(path, mode="a")
+    store.file["teachers"][TEACHER]["done"][4] = False
+    store.close()
+    with pytest.raises(ValueError, match=f"{TEACHER}.*15/16.*finish precompute"):
+        StoreDataModule(str(path), teacher=TEACHER)
+    dm = StoreDataModule(str(labelled_store), teacher=TEACHER, rows=2, batch_size=5, split=(0.5, 0.25, 0.25),
+                         cutoff=4.0, graph_backend="torch")
+    train = next(iter(dm.train_dataloader()))
+    val = next(iter(dm.val_dataloader()))
+    assert train.hess_row.shape == (5, 2)
+    assert val.hess_row.shape[1] == dm.eval_rows  # evaluation uses eval_rows with fixed seeds
+    val_again = next(iter(dm.val_dataloader()))
+    assert torch.equal(val.hess_row, val_again.hess_row)
