@@ -35,7 +35,9 @@ def build_store(subset: DictConfig) -> HessianStore:
 def run(cfg: DictConfig) -> dict:
     store = build_store(cfg.subset)
     teacher = hydra.utils.instantiate(cfg.teacher)
-    result = precompute_teacher(store, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol)
+    st = cfg.storage
+    result = precompute_teacher(store, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
+                                layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed)
     store.close()
     log.info("teacher %s: %d computed now, %d structures in %s, max Hessian asymmetry %.2e eV/Å²", teacher.name,
              result["computed"], result["total"], store.path, result["max_asymmetry"])

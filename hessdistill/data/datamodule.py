@@ -3,7 +3,8 @@
 Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s
 sampled Hessian rows) per item. The radius graph is built per structure in the workers.
 Per-item fields added to the structure's PyG Data: edge_index (2, E), edge_shift (E, 3) Å, idx (store index),
-and with a teacher: teacher_energy (1,) eV, teacher_forces (N, 3) eV/Å, hess_row (1, s) sampled row indices,
+and with a teacher: teacher_energy (1,) eV, teacher_forces (N, 3) eV/Å, hess_row (1, s) row indices sampled
+uniformly from the rows the store holds (all 3N, or the k of a row-subset store),
 hess_rows (N, s, 3) eV/Å² (batched: (Ntot, s, 3), ``.permute(1, 0, 2)`` gives the (s, Ntot, 3) lanes).
 """
 
@@ -17,7 +18,7 @@ from torch_geometric.loader import DataLoader
 
 from hessdistill.data.graph import radius_graph
 from hessdistill.data.store import HessianStore
-from hessdistill.hessian import rows_to_atom_layout, sample_hessian_rows
+from hessdistill.hessian import rows_to_atom_layout
 
 
 def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
@@ -60,7 +61,11 @@ class StoreDataset(Dataset):
             data.teacher_forces = torch.as_tensor(forces, dtype=self.dtype)
             if self.rows > 0:
                 gen = None if self.fixed_rows_seed is None else torch.Generator().manual_seed(self.fixed_rows_seed + i)
-                rows = sample_hessian_rows(data.natoms, self.rows, gen)[0]
+                available = torch.as_tensor(self.store.stored_rows(self.teacher, i))
+                if len(available) < self.rows:
+                    raise ValueError(f"{self.store.path}[{i}]: {self.rows} Hessian rows asked per structure, "
+                                     f"{len(available)} stored")
+                rows = available[torch.randperm(len(available), generator=gen)[: self.rows]]  # uniform, distinct
                 h = torch.as_tensor(self.store.hessian_rows(self.teacher, i, rows.numpy()), dtype=self.dtype)
                 data.hess_rows = rows_to_atom_layout(h)
                 data.hess_row = rows.unsqueeze(0)

@@ -11,10 +11,13 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
     /structures/energy     (M,) float64          reference energy, eV
     /structures/forces     (A, 3) float64        reference forces, eV/Å
     /structures/info       (M,) str              JSON metadata per structure (molecule, seed, source, ...)
-    /teachers/<name>/      attrs: teacher, level_of_theory, method, hessian_dtype, created
+    /teachers/<name>/      attrs: teacher, level_of_theory, method, hessian_layout, hessian_dtype, created
     /teachers/<name>/energy           (M,) float64       eV
     /teachers/<name>/forces           (A, 3) float64     eV/Å
-    /teachers/<name>/hessian          (Σ 9 N_i²,) float32 eV/Å², structure i's (3N_i, 3N_i) row-major block
+    /teachers/<name>/hessian          (Σ size_i,) float32|float16  eV/Å², one block per structure:
+                                      layout full: (3N_i, 3N_i) row-major; upper: the upper triangle row by row,
+                                      3N_i(3N_i+1)/2 values; rows: k rows (k, 3N_i)
+    /teachers/<name>/hessian_row_index (M, k) int32       layout rows only: which rows are stored
     /teachers/<name>/hessian_offsets  (M+1,) int64
     /teachers/<name>/asymmetry        (M,) float32       max |H − Hᵀ| per structure, eV/Å² (diagnostic)
     /teachers/<name>/done             (M,) bool          completion mark, written after the data
@@ -36,6 +39,7 @@ import numpy as np
 from hessdistill.data.structures import Structure
 
 FORMAT = "hessdistill-store"
+LAYOUTS = ("full", "upper", "rows")
 VERSION = 1
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
 
@@ -138,40 +142,78 @@ class HessianStore:
             raise StoreError(f"{self.path} has no labels from teacher {teacher!r} (has: {self.teachers()}); run precompute")
         return self.file["teachers"][teacher]
 
-    def create_teacher(self, teacher: str, attrs: dict) -> h5py.Group:
-        """Allocate (or reopen, for resuming) a teacher group sized for every structure."""
+    def create_teacher(self, teacher: str, attrs: dict, layout: str = "full", dtype: str = "float32",
+                       rows_per_structure: int | None = None) -> h5py.Group:
+        """Allocate (or reopen, for resuming) a teacher group sized for every structure.
+
+        layout "full": (3N, 3N) blocks; "upper": symmetric packing of the upper triangle, 3N(3N+1)/2 values;
+        "rows": ``rows_per_structure`` rows (k, 3N) per structure, their indices in ``hessian_row_index`` (M, k).
+        dtype "float32" or "float16" (half the disk; relative error ≤ 2⁻¹¹ of each entry).
+        """
         f = self.file
         if "teachers" in f and teacher in f["teachers"]:
-            return f["teachers"][teacher]
-        n = self.n_atoms()
-        hoff = np.concatenate([[0], np.cumsum(9 * n.astype(np.int64) ** 2)])
+            g = f["teachers"][teacher]
+            asked = (layout, dtype, rows_per_structure if layout == "rows" else None)
+            have = (g.attrs["hessian_layout"], g.attrs["hessian_dtype"], g.attrs.get("rows_per_structure"))
+            if asked[:2] != have[:2] or (layout == "rows" and asked[2] != have[2]):
+                raise StoreError(f"{self.path}: teacher {teacher!r} exists with Hessian storage {have}, asked {asked}")
+            return g
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown Hessian layout {layout!r}; choose one of {LAYOUTS}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"Hessian dtype must be float32 or float16, got {dtype!r}")
+        n = 3 * self.n_atoms().astype(np.int64)
+        if layout == "rows":
+            if not rows_per_structure or rows_per_structure < 1:
+                raise ValueError("layout 'rows' needs rows_per_structure >= 1")
+            if int(n.min()) < rows_per_structure:
+                raise ValueError(f"{self.path}: a structure has only {int(n.min())} Hessian rows < {rows_per_structure}")
+        sizes = {"full": n * n, "upper": n * (n + 1) // 2, "rows": (rows_per_structure or 0) * n}[layout]
+        hoff = np.concatenate([[0], np.cumsum(sizes)])
         g = f.require_group("teachers").create_group(teacher)
-        g.attrs.update({k: v for k, v in attrs.items() if v is not None}, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        g.attrs.update({k: v for k, v in attrs.items() if v is not None}, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       hessian_layout=layout, hessian_dtype=dtype)
+        if layout == "rows":
+            g.attrs["rows_per_structure"] = int(rows_per_structure)
+            g.create_dataset("hessian_row_index", (len(self), rows_per_structure), np.int32)
         m, a = len(self), int(self.offsets[-1])
         g.create_dataset("energy", (m,), np.float64)
         g.create_dataset("forces", (a, 3), np.float64)
-        g.create_dataset("hessian", (int(hoff[-1]),), np.float32, chunks=(int(min(hoff[-1], 1 << 16)),))
+        # chunks of ~64k values: a structure's block is one or two chunk reads, and random access stays cheap
+        g.create_dataset("hessian", (int(hoff[-1]),), dtype, chunks=(int(min(hoff[-1], 1 << 16)),))
         g["hessian_offsets"] = hoff
         g.create_dataset("asymmetry", (m,), np.float32)
         g.create_dataset("done", (m,), bool)
         f.flush()
         return g
 
-    def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray) -> None:
-        """Write one structure's teacher labels, flush, then set its completion mark and flush again."""
+    def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
+                      rows: np.ndarray | None = None) -> None:
+        """Write one structure's teacher labels, flush, then set its completion mark and flush again.
+
+        hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
+        """
         g = self.teacher_group(teacher)
+        layout = g.attrs["hessian_layout"]
         n = self.n_atoms(i)
-        if forces.shape != (n, 3) or hessian.shape != (3 * n, 3 * n):
+        expected = (g.attrs["rows_per_structure"], 3 * n) if layout == "rows" else (3 * n, 3 * n)
+        if forces.shape != (n, 3) or hessian.shape != expected:
             raise StoreError(f"{self.path}[{i}]: teacher {teacher} gave forces {forces.shape} and Hessian "
-                             f"{hessian.shape}; expected ({n}, 3) and ({3 * n}, {3 * n})")
+                             f"{hessian.shape}; expected ({n}, 3) and {expected}")
         if not (np.isfinite(hessian).all() and np.isfinite(forces).all() and np.isfinite(energy)):
             raise StoreError(f"{self.path}[{i}]: teacher {teacher} returned NaN/inf labels")
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         h0, h1 = g["hessian_offsets"][i : i + 2]
         g["energy"][i] = energy
         g["forces"][a:b] = forces
-        g["hessian"][h0:h1] = hessian.astype(np.float32).reshape(-1)
-        g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max())
+        if layout == "rows":
+            g["hessian_row_index"][i] = np.asarray(rows)
+            packed = hessian
+            g["asymmetry"][i] = np.nan  # unknown from a subset of rows
+        else:
+            packed = hessian[np.triu_indices(3 * n)] if layout == "upper" else hessian
+            g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max())
+        g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
         self.file.flush()
         g["done"][i] = True
         self.file.flush()
@@ -185,16 +227,39 @@ class HessianStore:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         return float(g["energy"][i]), g["forces"][a:b]
 
+    def stored_rows(self, teacher: str, i: int) -> np.ndarray:
+        """Row indices of structure i's teacher Hessian held in the store (all 3N unless layout "rows")."""
+        g = self.teacher_group(teacher)
+        if g.attrs["hessian_layout"] == "rows":
+            return g["hessian_row_index"][i].astype(np.int64)
+        return np.arange(3 * self.n_atoms(i))
+
     def hessian(self, teacher: str, i: int) -> np.ndarray:
-        """Full teacher Hessian of structure i, (3N, 3N) eV/Å²."""
+        """Full teacher Hessian of structure i, (3N, 3N) eV/Å² (not available in layout "rows")."""
         return self.hessian_rows(teacher, i, np.arange(3 * self.n_atoms(i)))
 
     def hessian_rows(self, teacher: str, i: int, rows: np.ndarray) -> np.ndarray:
-        """Rows of structure i's teacher Hessian, (len(rows), 3N) eV/Å²; reads only those rows."""
+        """Rows of structure i's teacher Hessian, (len(rows), 3N) float32 eV/Å²; reads no more than needed."""
         g = self.teacher_group(teacher)
         if not g["done"][i]:
             raise StoreError(f"{self.path}[{i}]: teacher {teacher} Hessian not computed yet; run precompute")
         width = 3 * self.n_atoms(i)
-        h0 = int(g["hessian_offsets"][i])
-        data = g["hessian"]
-        return np.stack([data[h0 + r * width : h0 + (r + 1) * width] for r in np.asarray(rows).tolist()])
+        h0, h1 = (int(x) for x in g["hessian_offsets"][i : i + 2])
+        data, layout, rows = g["hessian"], g.attrs["hessian_layout"], np.asarray(rows, dtype=np.int64)
+        if layout == "full":
+            out = np.stack([data[h0 + r * width : h0 + (r + 1) * width] for r in rows.tolist()])
+        elif layout == "upper":
+            full = np.zeros((width, width), np.float32)
+            full[np.triu_indices(width)] = data[h0:h1]
+            full = full + np.triu(full, 1).T
+            out = full[rows]
+        else:
+            stored = g["hessian_row_index"][i]
+            where = {int(r): k for k, r in enumerate(stored)}
+            missing = [int(r) for r in rows if int(r) not in where]
+            if missing:
+                raise StoreError(f"{self.path}[{i}]: teacher {teacher} stores rows {sorted(stored.tolist())} only "
+                                 f"(layout 'rows'); asked for {missing}")
+            block = data[h0:h1].reshape(len(stored), width)
+            out = block[[where[int(r)] for r in rows]]
+        return out.astype(np.float32)

@@ -89,3 +89,15 @@ class Teacher(torch.nn.Module, abc.ABC):
             forces = -grad
             hessians = hess.batched_hessians(forces, batch.pos, batch.ptr, chunk_size, strategy)
         return energy.detach(), forces.detach(), hessians
+
+    def hessian_rows(self, batch, rows: Tensor, strategy: hess.RowStrategy = "auto"):
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and only the rows ``rows`` (B, k) of each Hessian, as lanes
+        (k, Ntot, 3) eV/Å² — k VJPs for the whole batch instead of 3N_max (row-subset storage, online teacher)."""
+        batch = self._prepare(batch)
+        with torch.enable_grad():
+            energy = self.energy(batch)
+            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
+            lanes = hess.force_jacobian_rows(-grad, batch.pos, rows.to(batch.pos.device), batch.ptr,
+                                             create_graph=False, strategy=strategy)
+        return energy.detach(), -grad.detach(), -lanes.detach()
+
