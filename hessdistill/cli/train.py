@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def teacher_for_training(cfg: DictConfig) -> str | None:
-    """The teacher whose labels the run reads: required for KD terms, else used (when present) for reference."""
+    """The teacher whose labels the run reads: required for KD terms, else used (when present) for reference.
+    None in online mode, where the teacher itself runs during training."""
+    if cfg.teacher_mode == "online":
+        return None
     name = cfg.teacher.name
     needs = cfg.distill.rows > 0 or cfg.distill.weights.hessian > 0 or cfg.distill.weights.force_kd > 0
     store = HessianStore(cfg.subset.store)
@@ -43,15 +46,18 @@ def teacher_for_training(cfg: DictConfig) -> str | None:
 
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.teacher_mode not in ("precomputed", "online"):
+        raise ValueError(f"teacher_mode must be 'precomputed' or 'online', got {cfg.teacher_mode!r}")
     if cfg.distill.weights.hessian > 0 and cfg.distill.rows < 1:
         raise ValueError("distill.weights.hessian > 0 needs distill.rows >= 1")
     dm = StoreDataModule(store=cfg.subset.store, teacher=teacher_for_training(cfg), rows=cfg.distill.rows,
                          batch_size=cfg.subset.batch_size, eval_batch_size=cfg.subset.eval_batch_size,
                          split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed, cutoff=cfg.student.cutoff,
                          max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
-                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows)
+                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online")
     module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
-                           kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim)
+                           kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
+                           teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None)
     module.student.set_energy_statistics(*dm.energy_statistics())
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay), HalveKDWeight(**cfg.distill.halve_kd),
                  ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", save_last=True),

@@ -32,19 +32,28 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> d
             "test": np.sort(perm[n_train + n_val : n_train + n_val + n_test])}
 
 
+def _sample_rows(available: torch.Tensor, s: int, generator: torch.Generator | None, where: str) -> torch.Tensor:
+    """s distinct rows drawn uniformly from ``available`` (1-D), as (1, s) so PyG stacks them to (B, s)."""
+    if len(available) < s:
+        raise ValueError(f"{where}: {s} Hessian rows asked per structure, {len(available)} stored")
+    return available[torch.randperm(len(available), generator=generator)[:s]].unsqueeze(0)
+
+
 class StoreDataset(Dataset):
     """Items of a store as PyG Data with graph, teacher labels and s sampled Hessian rows.
 
+    teacher: the store's teacher group to read labels and rows from, or None. online: sample s row indices
+    over all 3N rows (``hess_row`` only) for a teacher that computes them during training; no teacher labels read.
     fixed_rows_seed: None samples fresh rows each access from the worker's RNG (training; reproducible under
     Lightning's seed_everything); an int gives each structure the same rows every epoch (validation/test).
     """
 
     def __init__(self, store: HessianStore, indices: np.ndarray, teacher: str | None, rows: int, cutoff: float,
                  max_neighbors: int, graph_backend: str = "auto", dtype: torch.dtype = torch.float32,
-                 fixed_rows_seed: int | None = None) -> None:
+                 fixed_rows_seed: int | None = None, online: bool = False) -> None:
         self.store, self.indices, self.teacher, self.rows = store, np.asarray(indices), teacher, rows
         self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
-        self.fixed_rows_seed = fixed_rows_seed
+        self.fixed_rows_seed, self.online = fixed_rows_seed, online
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -55,39 +64,42 @@ class StoreDataset(Dataset):
         data.idx = torch.tensor([i])
         data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
                                                         data.pbc[0], self.graph_backend)
-        if self.teacher is not None:
+        gen = None if self.fixed_rows_seed is None else torch.Generator().manual_seed(self.fixed_rows_seed + i)
+        if self.online and self.rows > 0:
+            data.hess_row = _sample_rows(torch.arange(3 * data.num_nodes), self.rows, gen, f"{self.store.path}[{i}]")
+        elif self.teacher is not None:
             energy, forces = self.store.teacher_labels(self.teacher, i)
             data.teacher_energy = torch.tensor([energy], dtype=self.dtype)
             data.teacher_forces = torch.as_tensor(forces, dtype=self.dtype)
             if self.rows > 0:
-                gen = None if self.fixed_rows_seed is None else torch.Generator().manual_seed(self.fixed_rows_seed + i)
                 available = torch.as_tensor(self.store.stored_rows(self.teacher, i))
-                if len(available) < self.rows:
-                    raise ValueError(f"{self.store.path}[{i}]: {self.rows} Hessian rows asked per structure, "
-                                     f"{len(available)} stored")
-                rows = available[torch.randperm(len(available), generator=gen)[: self.rows]]  # uniform, distinct
-                h = torch.as_tensor(self.store.hessian_rows(self.teacher, i, rows.numpy()), dtype=self.dtype)
-                data.hess_rows = rows_to_atom_layout(h)
-                data.hess_row = rows.unsqueeze(0)
+                data.hess_row = _sample_rows(available, self.rows, gen, f"{self.store.path}[{i}]")
+                h = self.store.hessian_rows(self.teacher, i, data.hess_row[0].numpy())
+                data.hess_rows = rows_to_atom_layout(torch.as_tensor(h, dtype=self.dtype))
         return data
 
 
 class StoreDataModule(L.LightningDataModule):
-    """Train/val/test loaders over one store. The split is a seeded permutation of the store's structures."""
+    """Train/val/test loaders over one store. The split is a seeded permutation of the store's structures.
+
+    online: the teacher runs during training (``DistillModule(teacher=...)``); items carry sampled row indices only.
+    """
 
     def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple[float, float, float] = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
-                 eval_rows: int = 4, dtype: str = "float32") -> None:
+                 eval_rows: int = 4, dtype: str = "float32", online: bool = False) -> None:
         super().__init__()
         self.store_path, self.teacher, self.rows = store, teacher, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_fractions, self.split_seed = tuple(split), split_seed
         self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
-        self.eval_rows = eval_rows
+        self.eval_rows, self.online = eval_rows, online
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
         self.splits = split_indices(len(self.store), self.split_fractions, split_seed)
+        if online and teacher is not None:
+            raise ValueError("online teacher mode reads no teacher labels from the store: pass teacher=None")
         if teacher is not None:
             done = self.store.teacher_done(teacher)
             if not done.all():
@@ -98,7 +110,7 @@ class StoreDataModule(L.LightningDataModule):
         training = name == "train"
         return StoreDataset(self.store, self.splits[name], self.teacher, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
-                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed))
+                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed), online=self.online)
 
     def train_dataloader(self):
         return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=False,

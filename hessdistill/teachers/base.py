@@ -7,6 +7,7 @@ the elements it supports; forces and Hessians follow generically from ``hessdist
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 from torch import Tensor
@@ -67,8 +68,10 @@ class Teacher(torch.nn.Module, abc.ABC):
             )
 
     def _prepare(self, batch):
+        """A shallow copy of ``batch`` on the teacher's device whose pos (teacher dtype) is a fresh leaf; the
+        caller's batch is left untouched (a student may be using it)."""
         self.check_elements(batch)
-        batch = batch.to(self.device)
+        batch = copy.copy(batch).to(self.device)
         batch.pos = batch.pos.to(self.dtype).detach().requires_grad_(True)
         return batch
 

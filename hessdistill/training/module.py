@@ -34,11 +34,17 @@ class LossWeights:
 
 
 class DistillModule(L.LightningModule):
-    """student: a Hydra config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained."""
+    """student: a Hydra config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained.
+
+    teacher: a frozen ``Teacher`` for online mode — it computes teacher energies, forces and the sampled Hessian
+    rows of each batch during training instead of reading them from the store. It is kept out of the module's
+    parameters and checkpoints.
+    """
 
     def __init__(self, student: DictConfig | dict, weights: dict | None = None, kd_norm: str = "squared",
                  row_strategy: str = "auto", lr: float = 1e-3, weight_decay: float = 2e-6, amsgrad: bool = True,
-                 eps: float = 1e-7, plateau_factor: float = 0.8, plateau_patience: int = 10, min_lr: float = 5e-6) -> None:
+                 eps: float = 1e-7, plateau_factor: float = 0.8, plateau_patience: int = 10, min_lr: float = 5e-6,
+                 teacher=None) -> None:
         super().__init__()
         student = OmegaConf.to_container(student, resolve=True) if isinstance(student, DictConfig) else dict(student)
         self.save_hyperparameters({"student": student, "weights": dict(weights or {}), "kd_norm": kd_norm,
@@ -47,18 +53,33 @@ class DistillModule(L.LightningModule):
                                    "plateau_patience": plateau_patience, "min_lr": min_lr})
         self.student = hydra.utils.instantiate(student)
         self.weights = LossWeights(**(weights or {}))
+        self.__dict__["teacher"] = teacher.freeze() if teacher is not None else None  # not a registered submodule
         if self.weights.energy_grad > 0 and self.student.force_mode != "direct":
             # F = −∇U already holds exactly for a conservative student: the term would duplicate the force term.
             log.warning("energy-gradient term switched off: it applies to direct-force students only")
             self.weights.energy_grad = 0.0
 
     # ---- loss ----------------------------------------------------------------------------------------
+    def _attach_online_teacher(self, batch) -> None:
+        """Online mode: the teacher's energy (B,), forces (Ntot, 3) and, if rows are sampled, rows (Ntot, s, 3)."""
+        if self.teacher is None:
+            return
+        if self.teacher.device != self.device:
+            self.teacher.to(self.device)
+        if hasattr(batch, "hess_row"):
+            energy, forces, lanes = self.teacher.hessian_rows(batch, batch.hess_row, self.hparams.row_strategy)
+            batch.hess_rows = lanes.permute(1, 0, 2).to(batch.pos.dtype)
+        else:
+            energy, forces = self.teacher.energy_forces(batch)
+        batch.teacher_energy, batch.teacher_forces = energy.to(batch.pos.dtype), forces.detach().to(batch.pos.dtype)
+
     def _student_rows(self, out, batch, create_graph: bool):
         return force_jacobian_rows(out["forces"], out["pos"], batch.hess_row, batch.ptr, create_graph=create_graph,
                                    strategy=self.hparams.row_strategy)
 
     def training_step(self, batch, batch_idx):
         w, n = self.weights, batch.num_graphs
+        self._attach_online_teacher(batch)
         out = self.student(batch, create_graph=True)
         terms = {"energy": losses.energy_loss(out["energy"], batch.energy),
                  "forces": losses.force_loss(out["forces"], batch.forces, batch.batch, n)}
@@ -81,6 +102,7 @@ class DistillModule(L.LightningModule):
     # ---- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch, prefix: str) -> None:
         n, n_atoms = batch.num_graphs, batch.pos.shape[0]
+        self._attach_online_teacher(batch)
         with torch.enable_grad():
             has_rows = hasattr(batch, "hess_row")
             out = self.student(batch, create_graph=has_rows and self.student.force_mode == "conservative")
@@ -113,7 +135,7 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, amsgrad=hp.amsgrad, eps=hp.eps)
+        opt = torch.optim.AdamW(self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, amsgrad=hp.amsgrad, eps=hp.eps)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.plateau_factor, patience=hp.plateau_patience,
                                                            min_lr=hp.min_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss_ef"}}
