@@ -30,9 +30,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
     """
-    method = "autograd: batched VJP lanes (hessdistill.hessian)"
     group = store.create_teacher(teacher.name, {"teacher": teacher.name, "level_of_theory": teacher.level_of_theory,
-                                                "method": method, "teacher_dtype": str(teacher.dtype)},
+                                                "method": teacher.method, "teacher_dtype": str(teacher.dtype)},
                                  layout=layout, dtype=dtype, rows_per_structure=rows_per_structure)
     todo = np.flatnonzero(~group["done"][:])
     worst = 0.0
@@ -57,12 +56,13 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
                 store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, rows=rows[k].numpy())
                 continue
             h = hessians[k].cpu().double().numpy()
-            asym = float(np.abs(h - h.T).max())
+            raw = teacher.last_asymmetry
+            asym = float(np.abs(h - h.T).max()) if raw is None else float(raw[k])
             worst = max(worst, asym)
             if asym > symmetry_tol:
                 log.warning("%s[%d]: teacher %s Hessian asymmetry %.2e eV/Å² > %.0e", store.path, i, teacher.name,
                             asym, symmetry_tol)
-            store.write_teacher(teacher.name, int(i), float(energy[k]), f, h)
+            store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, asymmetry=asym)
         bar.update(len(idx))
     bar.close()
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst}

@@ -163,3 +163,27 @@ def test_hydra_configs_compose_and_instantiate():
     assert ani_fd.delta == 1e-5 and ani_fd.elements == frozenset({1, 6, 7, 8}) and ani_fd.max_batch == 256
     energy, forces = ani_fd.energy_forces(make_batch([rattled("H2O")]))
     assert -2090 < float(energy[0]) < -2070 and forces.shape == (3, 3)
+
+
+def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
+    """The store's asymmetry diagnostic holds the FD teacher's raw asymmetry, not that of its symmetrised output."""
+    from hessdistill.calculator import TorchCalculator
+    from hessdistill.data.store import HessianStore, write_structures
+    from hessdistill.precompute import precompute_teacher
+    from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
+
+    from conftest import label_with, rattled
+
+    path = tmp_path / "fd.h5"
+    write_structures(path, label_with(ani_teacher, [rattled("NH3", seed=1), rattled("H2O", seed=2)]))
+    fd = FiniteDifferenceTeacher(TorchCalculator(ani_teacher), name="ani1x_fd", elements=[1, 6, 7, 8], delta=1e-3)
+    store = HessianStore(path, mode="a")
+    result = precompute_teacher(store, fd, progress=False)
+    group = store.teacher_group("ani1x_fd")
+    np.testing.assert_allclose(group["asymmetry"][:], fd.last_asymmetry.numpy(), rtol=1e-6)
+    assert result["max_asymmetry"] == pytest.approx(float(fd.last_asymmetry.max()))
+    assert result["max_asymmetry"] > 1e-3  # ANI through a 1e-3 Å step is visibly non-symmetric before symmetrising
+    assert "finite differences" in group.attrs["method"]
+    h = store.hessian("ani1x_fd", 0)
+    np.testing.assert_allclose(h, h.T, atol=1e-5)
+    store.close()

@@ -188,10 +188,11 @@ class HessianStore:
         return g
 
     def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
-                      rows: np.ndarray | None = None) -> None:
+                      rows: np.ndarray | None = None, asymmetry: float | None = None) -> None:
         """Write one structure's teacher labels, flush, then set its completion mark and flush again.
 
         hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
+        asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher; default: of ``hessian``.
         """
         g = self.teacher_group(teacher)
         layout = g.attrs["hessian_layout"]
@@ -212,7 +213,7 @@ class HessianStore:
             g["asymmetry"][i] = np.nan  # unknown from a subset of rows
         else:
             packed = hessian[np.triu_indices(3 * n)] if layout == "upper" else hessian
-            g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max())
+            g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max()) if asymmetry is None else asymmetry
         g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
         self.file.flush()
         g["done"][i] = True

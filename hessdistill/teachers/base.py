@@ -27,6 +27,10 @@ class Teacher(torch.nn.Module, abc.ABC):
 
     name: str = "teacher"
     level_of_theory: str = "unknown"
+    method: str = "autograd: batched VJP lanes (hessdistill.hessian)"
+    # (B,) max |H_raw − H_rawᵀ| of the last ``hessians`` call, eV/Å², for teachers that return symmetrised
+    # Hessians (finite differences); None where the returned Hessians are as computed.
+    last_asymmetry: Tensor | None = None
 
     def __init__(self) -> None:
         super().__init__()

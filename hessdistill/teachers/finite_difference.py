@@ -87,6 +87,7 @@ class FiniteDifferenceTeacher(Teacher):
         self.name, self.level_of_theory = name, level_of_theory
         self._elements = ALL_ELEMENTS if elements is None else frozenset(int(z) for z in elements)
         self.delta, self.max_batch = delta, int(max_batch)
+        self.method = f"central finite differences of forces, delta={delta:g} Angstrom, symmetrised"
         self._dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.last_asymmetry = torch.zeros(0, dtype=torch.float64)
 
