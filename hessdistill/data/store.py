@@ -44,6 +44,15 @@ VERSION = 1
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
 
 
+def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    """A contiguous dataset whose file space is allocated now: later writes change raw bytes only, never HDF5
+    metadata, so a process killed mid-write cannot leave the file's structure inconsistent (resumable
+    precompute), and a structure's block is one contiguous read."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return group.create_dataset(name, shape, dtype, dcpl=dcpl)
+
+
 class StoreError(ValueError):
     """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
 
@@ -107,6 +116,12 @@ class HessianStore:
             self._file.close()
             self._file = None
 
+    def __enter__(self) -> "HessianStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __getstate__(self):  # h5py handles cannot be pickled into spawned workers: reopen there
         state = dict(self.__dict__)
         state["_file"] = None
@@ -135,7 +150,8 @@ class HessianStore:
 
     # ---- teachers -------------------------------------------------------------------------------------
     def teachers(self) -> list[str]:
-        return list(self.file["teachers"].keys()) if "teachers" in self.file else []
+        names = self.file["teachers"].keys() if "teachers" in self.file else []
+        return [n for n in names if not n.startswith(".")]
 
     def teacher_group(self, teacher: str) -> h5py.Group:
         if teacher not in self.teachers():
@@ -170,22 +186,28 @@ class HessianStore:
                 raise ValueError(f"{self.path}: a structure has only {int(n.min())} Hessian rows < {rows_per_structure}")
         sizes = {"full": n * n, "upper": n * (n + 1) // 2, "rows": (rows_per_structure or 0) * n}[layout]
         hoff = np.concatenate([[0], np.cumsum(sizes)])
-        g = f.require_group("teachers").create_group(teacher)
+        # built under a temporary name and moved into place when complete: a run killed while allocating
+        # leaves no half-made group behind (the next run discards the temporary one)
+        parent, tmp = f.require_group("teachers"), f".{teacher}.incomplete"
+        if tmp in parent:
+            del parent[tmp]
+        g = parent.create_group(tmp)
         g.attrs.update({k: v for k, v in attrs.items() if v is not None}, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                        hessian_layout=layout, hessian_dtype=dtype)
         if layout == "rows":
             g.attrs["rows_per_structure"] = int(rows_per_structure)
-            g.create_dataset("hessian_row_index", (len(self), rows_per_structure), np.int32)
+            _preallocated(g, "hessian_row_index", (len(self), rows_per_structure), np.int32)
         m, a = len(self), int(self.offsets[-1])
-        g.create_dataset("energy", (m,), np.float64)
-        g.create_dataset("forces", (a, 3), np.float64)
-        # chunks of ~64k values: a structure's block is one or two chunk reads, and random access stays cheap
-        g.create_dataset("hessian", (int(hoff[-1]),), dtype, chunks=(int(min(hoff[-1], 1 << 16)),))
+        _preallocated(g, "energy", (m,), np.float64)
+        _preallocated(g, "forces", (a, 3), np.float64)
+        _preallocated(g, "hessian", (int(hoff[-1]),), dtype)
         g["hessian_offsets"] = hoff
-        g.create_dataset("asymmetry", (m,), np.float32)
-        g.create_dataset("done", (m,), bool)
+        _preallocated(g, "asymmetry", (m,), np.float32)
+        _preallocated(g, "done", (m,), bool)
         f.flush()
-        return g
+        parent.move(tmp, teacher)
+        f.flush()
+        return parent[teacher]
 
     def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
                       rows: np.ndarray | None = None, asymmetry: float | None = None) -> None:
