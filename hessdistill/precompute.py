@@ -6,7 +6,10 @@ Resumable: structures whose completion mark is set are skipped, and a mark is wr
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch_geometric.data import Batch
@@ -21,12 +24,13 @@ log = logging.getLogger(__name__)
 def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 8, chunk_size: int | None = None,
                        strategy: str = "auto", symmetry_tol: float = 1e-3, progress: bool = True,
                        layout: str = "full", dtype: str = "float32", rows_per_structure: int | None = None,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, indices: np.ndarray | None = None) -> dict:
     """Fill ``/teachers/<teacher.name>`` for structures not yet done. Returns counts and the worst asymmetry.
 
     layout/dtype: Hessian storage (see ``HessianStore.create_teacher``). Layout "rows" computes only
     ``rows_per_structure`` rows per structure (k VJPs per batch instead of 3N_max, disk cut by 3N/k); structure
     i's rows are drawn with seed ``seed + i``, so a resumed run draws the same ones.
+    indices: label only these structures (a shard); None: all.
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
     """
@@ -34,6 +38,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
                                                 "method": teacher.method, "teacher_dtype": str(teacher.dtype)},
                                  layout=layout, dtype=dtype, rows_per_structure=rows_per_structure)
     todo = np.flatnonzero(~group["done"][:])
+    if indices is not None:
+        todo = np.intersect1d(todo, indices)
     worst = 0.0
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
     for start in range(0, len(todo), batch_size):
@@ -66,3 +72,74 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
         bar.update(len(idx))
     bar.close()
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst}
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    """"i/n" → (i, n) with 0 ≤ i < n."""
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError as exc:
+        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), got {shard!r}") from exc
+    if not 0 <= i < n:
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_indices(n_structures: int, i: int, n: int) -> np.ndarray:
+    """Structures of shard i of n: every n-th one from i, so shards get similar mixes of sizes."""
+    return np.arange(i, n_structures, n)
+
+
+def shard_path(store_path: Path, teacher: str, i: int, n: int) -> Path:
+    return store_path.with_name(f"{store_path.stem}.{teacher}.shard-{i}-of-{n}.h5")
+
+
+def open_shard(store: HessianStore, teacher: str, i: int, n: int) -> HessianStore:
+    """The shard file of shard i/n (created with a copy of the store's structures on first use)."""
+    path = shard_path(store.path, teacher, i, n)
+    if not path.exists():
+        partial = path.with_name(path.name + f".{os.getpid()}.partial")
+        with h5py.File(partial, "w") as out:
+            out.attrs.update(dict(store.file.attrs))
+            store.file.copy(store.file["structures"], out, "structures")
+        partial.rename(path)
+    return HessianStore(path, mode="a")
+
+
+def merge_shards(store: HessianStore, teacher: str, n: int) -> int:
+    """Copy the finished structures of all n shard files of ``teacher`` into ``store``; returns how many.
+
+    Every shard must exist, hold the same structures as the store and have finished its part; blocks are copied
+    verbatim (same layout, same offsets), data first and completion marks last, so a killed merge can be rerun.
+    """
+    paths = [shard_path(store.path, teacher, i, n) for i in range(n)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"cannot merge {teacher!r} shards of {store.path}: missing {missing}")
+    merged = 0
+    for i, path in enumerate(paths):
+        with HessianStore(path) as shard:
+            if not np.array_equal(shard.offsets, store.offsets) or not np.array_equal(
+                    shard.file["structures/z"][:], store.file["structures/z"][:]):
+                raise ValueError(f"{path} holds different structures from {store.path}")
+            src = shard.teacher_group(teacher)
+            mine = shard_indices(len(store), i, n)
+            if not src["done"][:][mine].all():
+                raise ValueError(f"{path}: shard {i}/{n} has not finished ({int(src['done'][:][mine].sum())}/"
+                                 f"{len(mine)} structures); rerun it before merging")
+            attrs = dict(src.attrs)
+            dst = store.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
+                                       rows_per_structure=attrs.get("rows_per_structure"))
+            for j in mine:
+                a, b = int(store.offsets[j]), int(store.offsets[j + 1])
+                h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
+                dst["energy"][j], dst["asymmetry"][j] = src["energy"][j], src["asymmetry"][j]
+                dst["forces"][a:b] = src["forces"][a:b]
+                dst["hessian"][h0:h1] = src["hessian"][h0:h1]
+                if "hessian_row_index" in src:
+                    dst["hessian_row_index"][j] = src["hessian_row_index"][j]
+            store.file.flush()
+            dst["done"][mine] = True
+            store.file.flush()
+            merged += len(mine)
+    return merged

@@ -2,6 +2,8 @@
 teacher's energies, forces and Hessians. Rerunning resumes where a killed run stopped.
 
     hessdistill-precompute teacher=ani1x subset=demo_hcno
+    hessdistill-precompute teacher=mace subset=... shard=2/8        # one of 8 processes/GPUs (array job)
+    hessdistill-precompute teacher=mace subset=... merge_shards=8   # join the 8 shard files into the store
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from omegaconf import DictConfig
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute import merge_shards, open_shard, parse_shard, precompute_teacher, shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,25 @@ def build_store(subset: DictConfig) -> HessianStore:
 
 def run(cfg: DictConfig) -> dict:
     store = build_store(cfg.subset)
+    if cfg.merge_shards:
+        merged = merge_shards(store, cfg.teacher.name, int(cfg.merge_shards))
+        store.close()
+        log.info("merged %d structures of teacher %s from %d shards into %s", merged, cfg.teacher.name,
+                 cfg.merge_shards, store.path)
+        return {"merged": merged}
+    indices, target = None, store
+    if cfg.shard:
+        i, n = parse_shard(cfg.shard)
+        indices, target = shard_indices(len(store), i, n), open_shard(store, cfg.teacher.name, i, n)
+        store.close()
     teacher = hydra.utils.instantiate(cfg.teacher)
     st = cfg.storage
-    result = precompute_teacher(store, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
-                                layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed)
-    store.close()
+    result = precompute_teacher(target, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
+                                layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed,
+                                indices=indices)
+    target.close()
     log.info("teacher %s: %d computed now, %d structures in %s, max Hessian asymmetry %.2e eV/Å²", teacher.name,
-             result["computed"], result["total"], store.path, result["max_asymmetry"])
+             result["computed"], result["total"], target.path, result["max_asymmetry"])
     return result
 
 

@@ -68,7 +68,7 @@ def write_structures(path: str | Path, structures: Sequence[Structure], overwrit
         s.validate(require_labels=True)
     counts = np.array([s.n_atoms for s in structures])
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent shard jobs may race to create it
     try:
         with h5py.File(partial, "w") as f:
             f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))

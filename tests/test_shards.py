@@ -1,0 +1,64 @@
+"""Sharded precompute (``shard=i/n``) and ``merge_shards=n`` give the same store as one unsharded run."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.cli.precompute import run
+from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.precompute import open_shard, parse_shard, shard_indices
+
+from conftest import label_with, rattled
+
+
+def precompute_cfg(store, *overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("precompute", overrides=[f"subset.store={store}", *overrides])
+
+
+@pytest.mark.parametrize("layout", ["full", "rows"])
+def test_three_shards_merge_to_the_unsharded_result(tmp_path, ani_teacher, layout):
+    atoms = [rattled(n, seed=k) for k, n in enumerate(["H2O", "NH3", "CH4", "CH3OH", "HCOOH"] * 2)]
+    sharded, single = tmp_path / "sharded.h5", tmp_path / "single.h5"
+    write_structures(sharded, label_with(ani_teacher, atoms))
+    shutil.copy(sharded, single)
+    storage = [f"storage.layout={layout}"] + (["storage.rows=2"] if layout == "rows" else [])
+    run(precompute_cfg(single, *storage))
+    for i in range(3):
+        result = run(precompute_cfg(sharded, f"shard={i}/3", *storage))
+        assert result["computed"] == len(shard_indices(len(atoms), i, 3))
+    with HessianStore(sharded) as store:
+        assert store.teachers() == []  # shards never write into the store itself
+    with pytest.raises(FileNotFoundError, match="missing"):
+        run(precompute_cfg(sharded, "merge_shards=4"))
+    assert run(precompute_cfg(sharded, "merge_shards=3"))["merged"] == len(atoms)
+    with HessianStore(sharded) as a, HessianStore(single) as b:
+        assert a.teacher_done("ani1x").all()
+        for i in range(len(atoms)):
+            np.testing.assert_array_equal(a.stored_rows("ani1x", i), b.stored_rows("ani1x", i))
+            rows = a.stored_rows("ani1x", i)
+            np.testing.assert_allclose(a.hessian_rows("ani1x", i, rows), b.hessian_rows("ani1x", i, rows), atol=1e-5)
+            np.testing.assert_allclose(a.teacher_labels("ani1x", i)[1], b.teacher_labels("ani1x", i)[1], atol=1e-9)
+
+
+def test_unfinished_shard_is_not_merged(tmp_path, ani_teacher):
+    store = tmp_path / "s.h5"
+    write_structures(store, label_with(ani_teacher, [rattled(n, seed=1) for n in ["H2O", "NH3", "CH4", "CH3OH"]]))
+    run(precompute_cfg(store, "shard=0/2"))
+    with HessianStore(store) as main, open_shard(main, "ani1x", 1, 2) as shard1:  # started, nothing labelled yet
+        shard1.create_teacher("ani1x", {})
+    with pytest.raises(ValueError, match=r"shard 1/2 has not finished \(0/2"):
+        run(precompute_cfg(store, "merge_shards=2"))
+    with HessianStore(store) as s:
+        assert not s.teacher_done("ani1x")[1::2].any()
+
+
+@pytest.mark.parametrize("bad", ["3", "2/2", "a/b", "-1/2"])
+def test_bad_shard_spec(bad):
+    with pytest.raises(ValueError, match="shard"):
+        parse_shard(bad)
