@@ -5,7 +5,8 @@ On the same structures, in one run, it times full Hessians with
   2. the same call one structure at a time (batch of 1, vmap over 3N lanes);
   3. a plain Python loop of 3N ``torch.autograd.grad`` calls per structure (strategy "loop", batch of 1);
   4. mace-torch's references: ``mace.modules.utils.compute_hessians_vmap`` / ``compute_hessians_loop`` applied to
-     the teacher's forces (one structure per call; also vmap on a whole batch, 3·Ntot lanes), and, for MACE,
+     the teacher's forces (one structure per call; with --mace-whole-batch also vmap on whole batches,
+     3·Ntot lanes), and, for MACE,
      ``MACECalculator.get_hessian`` (one structure per call, with mace-torch's own data pipeline).
 It checks that every method gives the same Hessians, prints structures/s and Hessian rows/s (rows = Σ 3N_i),
 ratios measured in this run, and the cost of k sampled rows per structure (``force_jacobian_rows``) vs 3N.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from torch_geometric.data import Batch
 
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.hessian import force_jacobian_rows, sample_hessian_rows
+from hessdistill.precompute import size_sorted
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
@@ -177,20 +180,26 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--n-structures", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=1, help="timed rounds after a warm-up (best of)")
     p.add_argument("--chunk-size", type=int, default=None, help="lanes per batched VJP (default: all at once)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: 1 on CPU)")
     p.add_argument("--data", default=str(DEMO))
+    p.add_argument("--mace-whole-batch", action="store_true",
+                   help="also time mace-torch compute_hessians_vmap on whole batches (3·Ntot lanes; ~45 s more "
+                        "for MACE on 1 CPU core, where it was 4.8x slower than our batched path)")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # on CPU default to one thread: these graphs are tiny, and on a shared 2-core machine OpenMP barriers made
+    # multi-threaded backwards erratic (a first 2-thread run here timed the same loop 6.6 s and 24 s)
+    torch.set_num_threads(args.threads or (1 if device.type == "cpu" else torch.get_num_threads()))
 
     teacher, what = build_teacher(args)
     teacher = teacher.to(device)
     structures = read_ase(args.data)
     step = max(1, len(structures) // args.n_structures)  # evenly spaced: a mix of molecules and sizes
     structures = structures[::step][: args.n_structures]
+    # batched as precompute batches them: by size, so a batch's lanes (3·N_max) waste little on smaller members
+    structures = [structures[i] for i in size_sorted(np.array([s.n_atoms for s in structures]))]
     n_atoms = [s.n_atoms for s in structures]
     n_rows = 3 * sum(n_atoms)
     data = [s.to_data(torch.float64) for s in structures]
@@ -203,7 +212,7 @@ def main() -> None:
           f"{teacher.dtype}")
     print(f"{len(structures)} structures from {Path(args.data).name}: atoms {min(n_atoms)}-{max(n_atoms)} "
           f"(mean {np.mean(n_atoms):.1f}), {n_rows} Hessian rows in all; batch {B} -> {len(batches)} batches, "
-          f"{lanes_batched} batched VJP lanes vs {n_rows} one at a time; repeat {args.repeat} after a warm-up; "
+          f"{lanes_batched} batched VJP lanes vs {n_rows} one at a time; best of {args.repeat} round-robin round(s) after a warm-up; "
           f"chunk size {args.chunk_size or 'all'}")
 
     methods = {
@@ -211,13 +220,13 @@ def main() -> None:
         "ours one-at-a-time (vmap)": lambda: ours(teacher, singles, args.chunk_size, "vmap"),
         "ours loop of 3N grads (batch 1)": lambda: ours(teacher, singles, None, "loop"),
     }
-    mace_notes = {}
     try:
         import mace.modules.utils as mu
 
         methods["mace-torch compute_hessians_vmap (1/call)"] = lambda: mace_utils(teacher, singles, mu.compute_hessians_vmap)
         methods["mace-torch compute_hessians_loop (1/call)"] = lambda: mace_utils(teacher, singles, mu.compute_hessians_loop)
-        methods["mace-torch compute_hessians_vmap (batch B)"] = lambda: mace_utils(teacher, batches, mu.compute_hessians_vmap)
+        if args.mace_whole_batch:  # 3·Ntot lanes incl. the zero cross-structure blocks: slow, opt-in
+            methods["mace-torch compute_hessians_vmap (batch B)"] = lambda: mace_utils(teacher, batches, mu.compute_hessians_vmap)
     except Exception as exc:  # noqa: BLE001
         print(f"mace-torch Hessian utilities unavailable ({type(exc).__name__}: {exc}); skipped")
     if args.teacher == "mace":
@@ -227,24 +236,38 @@ def main() -> None:
             from mace.calculators import MACECalculator
 
             logging.disable(logging.WARNING)  # the calculator logs dtype/head choices at WARNING
-            calc = MACECalculator(models=teacher.model, device=str(device), default_dtype="float64")
+            model = teacher.model
+            if not torch.is_tensor(model.r_max):  # older .model files store r_max as a float; the calculator
+                model = copy.deepcopy(model)        # calls r_max.cpu(), so give its own copy a tensor
+                model.r_max = torch.tensor(float(model.r_max), dtype=torch.float64)
+                print("note: model.r_max is a float (older mace file); MACECalculator gets a copy with a tensor r_max")
+            calc = MACECalculator(models=model, device=str(device), default_dtype="float64")
             logging.disable(logging.NOTSET)
             atoms_list = [s.to_atoms() for s in structures]
             methods["mace-torch MACECalculator.get_hessian"] = lambda: mace_calculator(calc, atoms_list)
         except Exception as exc:  # noqa: BLE001
             print(f"MACECalculator unavailable ({type(exc).__name__}: {exc}); skipped")
 
-    times, results = {}, {}
-    for name, fn in methods.items():
+    # warm-up every method once, then time them round-robin (``repeat`` rounds, best of): load that drifts
+    # during the run (shared machines) then hits every method alike instead of whichever ran last
+    times, results, logs = {}, {}, {}
+    for name, fn in list(methods.items()):
         try:
-            if name.startswith("mace-torch") and "loop" not in name:
-                with watch_mace_vmap() as log:
-                    times[name], results[name] = timed(fn, device, args.repeat)
-                mace_notes[name] = describe_mace_vmap(log)
-            else:
-                times[name], results[name] = timed(fn, device, args.repeat)
+            with (watch_mace_vmap() if name.startswith("mace-torch") else contextlib.nullcontext({})) as log:
+                results[name] = fn()
+            logs[name] = log
         except Exception as exc:  # noqa: BLE001
             print(f"{name}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); carrying on")
+            del methods[name]
+    for _ in range(args.repeat):
+        for name, fn in methods.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name] = min(times.get(name, float("inf")), time.perf_counter() - start)
+    mace_notes = {name: describe_mace_vmap(log) for name, log in logs.items()
+                  if name.startswith("mace-torch") and "loop" not in name}
 
     ref_name = "ours batched (vmap, batch B)"
     ref = results[ref_name]

@@ -40,6 +40,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
     todo = np.flatnonzero(~group["done"][:])
     if indices is not None:
         todo = np.intersect1d(todo, indices)
+    todo = todo[size_sorted(store.n_atoms()[todo])]
     worst = 0.0
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
     for start in range(0, len(todo), batch_size):
@@ -72,6 +73,13 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
         bar.update(len(idx))
     bar.close()
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst}
+
+
+def size_sorted(n_atoms: np.ndarray) -> np.ndarray:
+    """Order that groups structures of similar size (stable): a batch costs 3·N_max lanes for every member, so
+    mixing a 5-atom and a 12-atom molecule wastes most of the small one's lanes (measured for MACE on CPU:
+    unsorted batches of 5–12-atom molecules ran at 0.5× of one structure at a time)."""
+    return np.argsort(n_atoms, kind="stable")
 
 
 def parse_shard(shard: str) -> tuple[int, int]:
