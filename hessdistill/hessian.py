@@ -13,12 +13,15 @@ max_i 3N_i VJPs for the whole batch. Lanes are laid out as (L, Ntot, 3).
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Literal
 
 import torch
 from torch import Tensor
 
 RowStrategy = Literal["auto", "loop", "vmap"]
+log = logging.getLogger(__name__)
+VMAP_FALLBACKS = {"count": 0}  # how often a requested vmap fell back to the loop (see vjp_lanes)
 
 
 def resolve_strategy(strategy: RowStrategy, device: torch.device) -> str:
@@ -70,6 +73,8 @@ def vjp_lanes(output: Tensor, inputs: Tensor, lanes: Tensor, create_graph: bool,
     """VJPs of ``output`` w.r.t. ``inputs`` for each lane: (L, *output.shape) → (L, *inputs.shape).
 
     strategy "vmap" runs torch.func.vmap over autograd.grad (one batched backward); "loop" runs L backwards.
+    If vmap fails (a model op without a batching rule) the loop is used with a logged warning, and
+    ``VMAP_FALLBACKS["count"]`` counts such fallbacks, so a slow path is never taken silently.
     The graph of ``output`` is retained so further lanes or the loss backward can reuse it.
     """
 
@@ -80,7 +85,12 @@ def vjp_lanes(output: Tensor, inputs: Tensor, lanes: Tensor, create_graph: bool,
     if lanes.shape[0] == 0:
         return inputs.new_zeros((0, *inputs.shape))
     if strategy == "vmap":
-        return torch.func.vmap(vjp)(lanes)
+        try:
+            return torch.func.vmap(vjp)(lanes)
+        except RuntimeError as exc:  # an op of the model has no batching rule: fall back, but never silently
+            VMAP_FALLBACKS["count"] += 1
+            log.warning("vmap over the VJP failed (%s); computing %d lanes in a loop instead (fallback #%d)",
+                        str(exc).splitlines()[0][:200], lanes.shape[0], VMAP_FALLBACKS["count"])
     return torch.stack([vjp(v) for v in lanes])
 
 

@@ -323,3 +323,31 @@ def test_vmap_rows_on_cuda_match_cpu_loop(force_mode):
     gpu = force_jacobian_rows(out_cuda["forces"], out_cuda["pos"], rows.to("cuda"), batch_cuda.ptr,
                               create_graph=False, strategy="vmap")
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-9, rtol=1e-7)
+
+
+class _NumpyBackwardSquare(torch.autograd.Function):
+    """x² whose backward goes through numpy: fine in a loop, impossible under vmap."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2.0 * x.detach().numpy() * grad.detach().numpy())
+
+
+def test_vmap_falls_back_to_loop_visibly(caplog):
+    from hessdistill import hessian as hess
+
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    y = _NumpyBackwardSquare.apply(x)
+    lanes = torch.eye(12, dtype=torch.float64).view(12, 4, 3)
+    before = hess.VMAP_FALLBACKS["count"]
+    with caplog.at_level("WARNING", logger="hessdistill.hessian"):
+        got = hess.vjp_lanes(y, x, lanes, create_graph=False, strategy="vmap")
+    assert hess.VMAP_FALLBACKS["count"] == before + 1
+    assert "loop instead" in caplog.text
+    torch.testing.assert_close(got.view(12, 12), torch.diag(2 * x.detach().reshape(-1)))

@@ -204,3 +204,15 @@ def test_mace_teacher_rejects_missing_file_and_unknown_head(tmp_path):
         MACETeacher(str(tmp_path / "nowhere.model"))
     with pytest.raises(ValueError, match="head 'spice' not in model heads"):
         MACETeacher(tiny_mace(), head="spice")
+
+
+def test_vmap_path_is_really_taken_for_ani_and_mace(ani_teacher):
+    """The batched vmap Hessian path must not fall back to the loop for our teachers (it would only be slower)."""
+    from hessdistill import hessian as hess
+    from hessdistill.teachers.mace import MACETeacher
+
+    before = hess.VMAP_FALLBACKS["count"]
+    batch = make_batch([rattled("H2O", seed=3), rattled("CH3OH", seed=4)])
+    for teacher in (ani_teacher, MACETeacher(tiny_mace(), name="tiny_mace")):
+        teacher.hessians(batch, strategy="vmap")
+    assert hess.VMAP_FALLBACKS["count"] == before
