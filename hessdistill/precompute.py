@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 8, chunk_size: int | None = None,
                        strategy: str = "auto", symmetry_tol: float = 1e-3, progress: bool = True,
                        layout: str = "full", dtype: str = "float32", rows_per_structure: int | None = None,
-                       seed: int = 0, indices: np.ndarray | None = None) -> dict:
+                       seed: int = 0, indices: np.ndarray | None = None, features: bool = False) -> dict:
     """Fill ``/teachers/<teacher.name>`` for structures not yet done. Returns counts and the worst asymmetry.
 
     layout/dtype: Hessian storage (see ``HessianStore.create_teacher``). Layout "rows" computes only
     ``rows_per_structure`` rows per structure (k VJPs per batch instead of 3N_max, disk cut by 3N/k); structure
     i's rows are drawn with seed ``seed + i``, so a resumed run draws the same ones.
     indices: label only these structures (a shard); None: all.
+    features: also store the teacher's node features and (where it has them) element embeddings.
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
     """
@@ -41,6 +42,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
     if indices is not None:
         todo = np.intersect1d(todo, indices)
     todo = todo[size_sorted(store.n_atoms()[todo])]
+    if features and len(todo):
+        _create_features(store, teacher, int(todo[0]))
     worst = 0.0
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
     for start in range(0, len(todo), batch_size):
@@ -49,6 +52,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
         for d, i in zip(data, idx):
             d.idx = torch.tensor([int(i)])
         batch = Batch.from_data_list(data)
+        node_features = teacher.node_features(batch).cpu().numpy() if features else None
         if layout == "rows":
             rows = torch.stack([torch.randperm(3 * d.num_nodes, generator=torch.Generator().manual_seed(seed + int(i)))
                                 [:rows_per_structure] for d, i in zip(data, idx)])
@@ -58,9 +62,10 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
         for k, i in enumerate(idx):
             a, b = int(batch.ptr[k]), int(batch.ptr[k + 1])
             f = forces[a:b].cpu().double().numpy()
+            nf = None if node_features is None else node_features[a:b]
             if layout == "rows":
                 h = lanes[:, a:b].reshape(rows_per_structure, -1).cpu().double().numpy()
-                store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, rows=rows[k].numpy())
+                store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, rows=rows[k].numpy(), node_features=nf)
                 continue
             h = hessians[k].cpu().double().numpy()
             raw = teacher.last_asymmetry
@@ -69,10 +74,22 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
             if asym > symmetry_tol:
                 log.warning("%s[%d]: teacher %s Hessian asymmetry %.2e eV/Å² > %.0e", store.path, i, teacher.name,
                             asym, symmetry_tol)
-            store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, asymmetry=asym)
+            store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, asymmetry=asym, node_features=nf)
         bar.update(len(idx))
     bar.close()
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst}
+
+
+def _create_features(store: HessianStore, teacher: Teacher, probe: int) -> None:
+    """Size the node-feature dataset from one structure and store element embeddings when the teacher has them."""
+    width = teacher.node_features(Batch.from_data_list([store.structure(probe).to_data(teacher.dtype)])).shape[1]
+    try:
+        z, embeddings = teacher.element_embeddings()
+        z, embeddings = z.cpu().numpy(), embeddings.cpu().numpy()
+    except NotImplementedError as exc:
+        log.info("%s; storing node features only", exc)
+        z = embeddings = None
+    store.create_features(teacher.name, width, z, embeddings)
 
 
 def size_sorted(n_atoms: np.ndarray) -> np.ndarray:
@@ -138,6 +155,11 @@ def merge_shards(store: HessianStore, teacher: str, n: int) -> int:
             attrs = dict(src.attrs)
             dst = store.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
                                        rows_per_structure=attrs.get("rows_per_structure"))
+            if "node_features" in src:
+                has_embeddings = "element_embeddings" in src
+                store.create_features(teacher, src["node_features"].shape[1],
+                                      src["element_z"][:] if has_embeddings else None,
+                                      src["element_embeddings"][:] if has_embeddings else None)
             for j in mine:
                 a, b = int(store.offsets[j]), int(store.offsets[j + 1])
                 h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
@@ -146,6 +168,8 @@ def merge_shards(store: HessianStore, teacher: str, n: int) -> int:
                 dst["hessian"][h0:h1] = src["hessian"][h0:h1]
                 if "hessian_row_index" in src:
                     dst["hessian_row_index"][j] = src["hessian_row_index"][j]
+                if "node_features" in src:
+                    dst["node_features"][a:b] = src["node_features"][a:b]
             store.file.flush()
             dst["done"][mine] = True
             store.file.flush()

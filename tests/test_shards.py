@@ -27,7 +27,7 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, ani_teacher, layou
     sharded, single = tmp_path / "sharded.h5", tmp_path / "single.h5"
     write_structures(sharded, label_with(ani_teacher, atoms))
     shutil.copy(sharded, single)
-    storage = [f"storage.layout={layout}"] + (["storage.rows=2"] if layout == "rows" else [])
+    storage = [f"storage.layout={layout}"] + (["storage.rows=2"] if layout == "rows" else ["features=true"])
     run(precompute_cfg(single, *storage))
     for i in range(3):
         result = run(precompute_cfg(sharded, f"shard={i}/3", *storage))
@@ -44,6 +44,8 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, ani_teacher, layou
             rows = a.stored_rows("ani1x", i)
             np.testing.assert_allclose(a.hessian_rows("ani1x", i, rows), b.hessian_rows("ani1x", i, rows), atol=1e-5)
             np.testing.assert_allclose(a.teacher_labels("ani1x", i)[1], b.teacher_labels("ani1x", i)[1], atol=1e-9)
+            if layout == "full":  # node features travel through the merge too
+                np.testing.assert_allclose(a.node_features("ani1x", i), b.node_features("ani1x", i), atol=1e-6)
 
 
 def test_unfinished_shard_is_not_merged(tmp_path, ani_teacher):

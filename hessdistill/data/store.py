@@ -21,6 +21,8 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
     /teachers/<name>/hessian_offsets  (M+1,) int64
     /teachers/<name>/asymmetry        (M,) float32       max |H − Hᵀ| per structure, eV/Å² (diagnostic)
     /teachers/<name>/done             (M,) bool          completion mark, written after the data
+    /teachers/<name>/node_features    (A, F) float32     optional: teacher node features (n2n baseline)
+    /teachers/<name>/element_z, element_embeddings  (E,), (E, F_e)  optional: element embeddings (a2a baseline)
 
 A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely.
 """
@@ -210,11 +212,13 @@ class HessianStore:
         return parent[teacher]
 
     def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
-                      rows: np.ndarray | None = None, asymmetry: float | None = None) -> None:
+                      rows: np.ndarray | None = None, asymmetry: float | None = None,
+                      node_features: np.ndarray | None = None) -> None:
         """Write one structure's teacher labels, flush, then set its completion mark and flush again.
 
         hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
         asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher; default: of ``hessian``.
+        node_features: (N, F) teacher node features, for a group made with ``create_features``.
         """
         g = self.teacher_group(teacher)
         layout = g.attrs["hessian_layout"]
@@ -237,9 +241,34 @@ class HessianStore:
             packed = hessian[np.triu_indices(3 * n)] if layout == "upper" else hessian
             g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max()) if asymmetry is None else asymmetry
         g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
+        if node_features is not None:
+            g["node_features"][a:b] = node_features
         self.file.flush()
         g["done"][i] = True
         self.file.flush()
+
+    def create_features(self, teacher: str, n_features: int, element_z: np.ndarray | None = None,
+                        element_embeddings: np.ndarray | None = None) -> None:
+        """Add the teacher's node features (A, F) float32 (filled per structure by ``write_teacher``) and, if
+        given, its element embeddings (E, F_e) with their atomic numbers (E,), for the n2n and a2a baselines."""
+        g = self.teacher_group(teacher)
+        if "node_features" in g:
+            return
+        if g["done"][:].any():
+            raise StoreError(f"{self.path}: teacher {teacher!r} already has structures labelled without node features;"
+                             f" export features into a new teacher group (e.g. another teacher name)")
+        _preallocated(g, "node_features", (int(self.offsets[-1]), n_features), np.float32)
+        if element_embeddings is not None:
+            g["element_z"] = np.asarray(element_z, dtype=np.int16)
+            g["element_embeddings"] = np.asarray(element_embeddings, dtype=np.float32)
+        self.file.flush()
+
+    def node_features(self, teacher: str, i: int) -> np.ndarray:
+        """Teacher node features of structure i, (N, F)."""
+        g = self.teacher_group(teacher)
+        if "node_features" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no node features; precompute with features=true")
+        return g["node_features"][int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     def teacher_done(self, teacher: str) -> np.ndarray:
         return self.teacher_group(teacher)["done"][:] if teacher in self.teachers() else np.zeros(len(self), bool)

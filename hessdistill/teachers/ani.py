@@ -61,8 +61,10 @@ class ANITeacher(Teacher):
 
         return frozenset(atomic_numbers[s] for s in self.species)
 
-    def energy(self, batch) -> Tensor:
-        """(B,) eV. Pads the flat batch to (B, Nmax) with differentiable index_put (no in-place on pos)."""
+    def _aevs(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Padded species (B, Nmax) (−1 = padding), AEVs (B, Nmax, D) and each flat atom's local index (Ntot,).
+
+        Pads the flat batch with a differentiable index_put (no in-place op on pos)."""
         counts = batch.ptr[1:] - batch.ptr[:-1]
         n_max = int(counts.max())
         local = torch.arange(batch.pos.shape[0], device=batch.pos.device) - batch.ptr[batch.batch]
@@ -76,5 +78,30 @@ class ANITeacher(Teacher):
                 raise NotImplementedError("ANI teacher: periodic structures are evaluated one at a time")
             cell, pbc = batch.cell[0].to(coords.dtype), batch.pbc[0]
         species, aevs = self.aev((species, coords), cell=cell, pbc=pbc)
+        return species, aevs, local
+
+    def energy(self, batch) -> Tensor:
+        """(B,) eV."""
+        species, aevs, _ = self._aevs(batch)
         _, energies = self.shifter(self.networks((species, aevs)))
         return energies * Hartree
+
+    def node_features(self, batch) -> Tensor:
+        """Last hidden layer of each atom's element network, averaged over the ensemble: (Ntot, F) (n2n baseline)."""
+        self.check_elements(batch)
+        batch = batch.to(self.device)
+        batch.pos = batch.pos.to(self.dtype)
+        with torch.no_grad():
+            species, aevs, local = self._aevs(batch)
+            flat_species, flat_aevs = species[batch.batch, local], aevs[batch.batch, local]
+            total = None
+            for model in self.networks:
+                nets = list(model.values())
+                width = nets[0][-1].in_features
+                hidden = flat_aevs.new_zeros(flat_aevs.shape[0], width)
+                for k, net in enumerate(nets):
+                    mask = flat_species == k
+                    if mask.any():
+                        hidden[mask] = net[:-1](flat_aevs[mask])
+                total = hidden if total is None else total + hidden
+        return total / len(self.networks)

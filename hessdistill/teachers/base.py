@@ -108,3 +108,11 @@ class Teacher(torch.nn.Module, abc.ABC):
                                              create_graph=False, strategy=strategy)
         return energy.detach(), -grad.detach(), -lanes.detach()
 
+    def node_features(self, batch) -> Tensor:
+        """Per-atom features of the teacher's final layer, (Ntot, F), for the n2n baseline."""
+        raise NotImplementedError(f"teacher {self.name} does not export node features")
+
+    def element_embeddings(self) -> tuple[Tensor, Tensor]:
+        """Atomic numbers (E,) and learned element embeddings (E, F), for the a2a baseline."""
+        raise NotImplementedError(f"teacher {self.name} has no element embedding table to export")
+

@@ -65,17 +65,31 @@ class MACETeacher(Teacher):
             items.append(mace_data.AtomicData.from_config(config, z_table=table, cutoff=self.r_max, heads=self.heads))
         return MaceBatch.from_data_list(items).to(batch.pos.device).to_dict()
 
-    def energy(self, batch) -> Tensor:
+    def _typed_batch(self, batch) -> dict[str, Tensor]:
         data = self._mace_batch(batch)
         for key, value in data.items():
             if torch.is_tensor(value) and value.is_floating_point():
                 data[key] = value.to(self.dtype)
+        return data
+
+    def energy(self, batch) -> Tensor:
+        data = self._typed_batch(batch)
         data["positions"] = batch.pos  # same atom order; keeps the graph to our positions
         out = self.model(data, training=False, compute_force=False)
         return out["energy"]
 
     def node_features(self, batch) -> Tensor:
-        """Final-layer node features (Ntot, F) (for the n2n baseline)."""
-        data = self._mace_batch(batch)
-        data["positions"] = batch.pos.detach().to(self.dtype)
-        return self.model(data, training=False, compute_force=False)["node_feats"].detach()
+        """MACE's node features (Ntot, F): its ``node_feats`` output, the invariant features of every interaction
+        layer concatenated, the last layer's at the end (n2n baseline)."""
+        self.check_elements(batch)
+        data = self._typed_batch(batch.to(self.device))
+        with torch.enable_grad():  # MACE's forward asks for position gradients even when no forces are wanted
+            out = self.model(data, training=False, compute_force=False)
+        return out["node_feats"].detach()
+
+    def element_embeddings(self) -> tuple[Tensor, Tensor]:
+        """Atomic numbers (E,) and the model's learned element embeddings (E, F) (a2a baseline)."""
+        z = torch.tensor([int(x) for x in self.model.atomic_numbers])
+        one_hot = torch.eye(len(z), dtype=self.dtype, device=self.device)
+        with torch.no_grad():
+            return z, self.model.node_embedding(one_hot).detach()
