@@ -191,3 +191,31 @@ def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
     h = store.hessian("ani1x_fd", 0)
     np.testing.assert_allclose(h, h.T, atol=1e-5)
     store.close()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_path, ani_teacher, batched):
+    """k rows cost 2k force calls and equal the rows of the full FD Hessian (same step, symmetric teacher)."""
+    from hessdistill.data.store import HessianStore, write_structures
+    from hessdistill.precompute import precompute_teacher
+
+    from conftest import label_with
+
+    fd = (FiniteDifferenceTeacher.from_teacher(ani_teacher, delta=1e-5) if batched else
+          FiniteDifferenceTeacher(TorchCalculator(ani_teacher), elements=[1, 6, 7, 8], delta=1e-5))
+    atoms = [rattled("NH3", seed=1), rattled("CH3OH", seed=2)]
+    batch = make_batch(atoms)
+    rows = torch.tensor([[0, 5, 11], [2, 7, 17]])
+    energy, forces, lanes = fd.hessian_rows(batch, rows)
+    _, _, full = fd.hessians(batch)
+    for g, (a, b) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
+        got = lanes[:, a:b].reshape(3, -1)
+        torch.testing.assert_close(got, full[g][rows[g]], rtol=1e-6, atol=1e-4)
+    path = tmp_path / "rows.h5"
+    write_structures(path, label_with(ani_teacher, atoms))
+    with HessianStore(path, mode="a") as store:
+        precompute_teacher(store, fd, layout="rows", rows_per_structure=2, progress=False)
+        _, _, exact = ani_teacher.hessians(make_batch(atoms))
+        for i in range(2):
+            stored = store.stored_rows(fd.name, i)
+            np.testing.assert_allclose(store.hessian_rows(fd.name, i, stored), exact[i].numpy()[stored], atol=1e-3)

@@ -144,14 +144,31 @@ class FiniteDifferenceTeacher(Teacher):
         ptr = batch.ptr.tolist()
         # displacements in float64 whatever the model's precision, so the step really is δ
         displaced = [displaced_positions(batch.pos[a:b].double(), self.delta) for a, b in zip(ptr, ptr[1:])]
-        if self.model is not None:
-            displaced_forces = self._batched_forces(batch, displaced)
-        else:
-            displaced_forces = [torch.stack([self._calculate(batch, g, p)[1] for p in copies])
-                                for g, copies in enumerate(displaced)]
-        raw = [hessian_from_displaced_forces(f, self.delta) for f in displaced_forces]
+        raw = [hessian_from_displaced_forces(f, self.delta) for f in self._displaced_forces(batch, displaced)]
         self.last_asymmetry = torch.tensor([float((h - h.T).abs().max()) for h in raw], dtype=torch.float64)
         return energy, forces, [(0.5 * (h + h.T)).to(self.dtype) for h in raw]
+
+    def hessian_rows(self, batch, rows: Tensor, strategy: str = "auto"):
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and Hessian rows ``rows`` (B, k) as lanes (k, Ntot, 3) eV/Å².
+
+        Row j is taken as column j, −(F(r + δe_j) − F(r − δe_j))/(2δ), since the Hessian is symmetric: 2k force
+        evaluations per structure instead of 6N (row-subset storage and online mode)."""
+        energy, forces = self.energy_forces(batch)
+        ptr = batch.ptr.tolist()
+        displaced = []
+        for g, (a, b) in enumerate(zip(ptr, ptr[1:])):
+            flat = batch.pos[a:b].double().reshape(1, -1)
+            steps = self.delta * torch.eye(flat.shape[1], dtype=flat.dtype)[rows[g].cpu()]
+            displaced.append(torch.cat([flat + steps, flat - steps]).view(-1, b - a, 3))
+        k = rows.shape[1]
+        columns = [-(f[:k] - f[k:]) / (2 * self.delta) for f in self._displaced_forces(batch, displaced)]
+        return energy, forces, torch.cat(columns, dim=1).to(self.dtype)
+
+    def _displaced_forces(self, batch, displaced: list[Tensor]) -> list[Tensor]:
+        """Forces [(C_i, N_i, 3)] eV/Å at each structure's displaced copies (C_i, N_i, 3) Å."""
+        if self.model is not None:
+            return self._batched_forces(batch, displaced)
+        return [torch.stack([self._calculate(batch, g, p)[1] for p in copies]) for g, copies in enumerate(displaced)]
 
     def _calculate(self, batch, g: int, pos: Tensor) -> tuple[float, Tensor]:
         """Energy (eV) and forces (N, 3) eV/Å of structure g of ``batch`` at positions ``pos`` (N, 3) Å."""
@@ -167,7 +184,7 @@ class FiniteDifferenceTeacher(Teacher):
         return float(atoms.get_potential_energy()), torch.as_tensor(forces)
 
     def _batched_forces(self, batch, displaced: list[Tensor]) -> list[Tensor]:
-        """Forces [(6N_i, N_i, 3)] eV/Å at the displaced copies of every structure, ≤ max_batch per model call."""
+        """Forces [(C_i, N_i, 3)] eV/Å at the displaced copies of every structure, ≤ max_batch per model call."""
         examples = batch.to_data_list()
         owner = [g for g, copies in enumerate(displaced) for _ in range(copies.shape[0])]
         positions = [p for copies in displaced for p in copies]
