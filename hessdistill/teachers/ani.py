@@ -6,6 +6,7 @@ resources folder (its ``ani-2x_8x.info``). Energies are converted from Hartree t
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -37,8 +38,10 @@ class ANITeacher(Teacher):
     def __init__(self, model: str = "ani1x", info_file: str | None = None, ensemble_size: int | None = None,
                  dtype: str = "float64", name: str | None = None) -> None:
         super().__init__()
-        import torchani  # imported lazily: torchani 2.0 needs pkg_resources (setuptools<81)
-        from torchani import neurochem
+        with warnings.catch_warnings():  # torchani 2.0 imports pkg_resources (needs setuptools<81), which warns
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            import torchani
+            from torchani import neurochem
 
         info = _resolve_info(model, info_file)
         lines = [line.strip() for line in info.read_text().splitlines() if line.strip()][:4]
