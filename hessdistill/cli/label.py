@@ -57,21 +57,24 @@ def main(argv=None) -> None:
 
     done = {(a.info["molecule"], int(a.info["seed"]), int(a.info["frame"])) for a in read_complete(args.out)}
     calc = TorchCalculator(ANITeacher(args.teacher, args.teacher_info))
-    jobs = []
-    for name in args.molecules:
-        for seed in args.seeds:
-            missing = [f for f in range(args.snapshots) if (name, seed, f) not in done]
-            if not missing:
-                continue
-            snaps = langevin_snapshots(molecule(name), calc, args.snapshots, seed, args.temperature, args.timestep,
-                                       args.friction, args.equilibrate, args.interval)
-            jobs += [(name, seed, f, snaps[f], args.xc, args.basis) for f in missing]
-    print(f"{len(done)} frames already labelled, {len(jobs)} to go -> {args.out}", flush=True)
+    todo = sum(f not in done for f in
+               ((n, s, k) for n in args.molecules for s in args.seeds for k in range(args.snapshots)))
+    print(f"{len(done)} frames already labelled, {todo} to go -> {args.out}", flush=True)
+
+    def jobs():  # lazily: each trajectory's MD runs while earlier snapshots are being labelled
+        for name in args.molecules:
+            for seed in args.seeds:
+                missing = [f for f in range(args.snapshots) if (name, seed, f) not in done]
+                if missing:
+                    snaps = langevin_snapshots(molecule(name), calc, args.snapshots, seed, args.temperature,
+                                               args.timestep, args.friction, args.equilibrate, args.interval)
+                    yield from ((name, seed, f, snaps[f], args.xc, args.basis) for f in missing)
+
     if args.workers == 1:
-        _append_all(args.out, map(_label, jobs), len(jobs))
+        _append_all(args.out, map(_label, jobs()), todo)
     else:
         with mp.get_context("spawn").Pool(args.workers) as pool:
-            _append_all(args.out, pool.imap_unordered(_label, jobs), len(jobs))
+            _append_all(args.out, pool.imap_unordered(_label, jobs()), todo)
 
 
 def _append_all(out: str, results, total: int) -> None:
