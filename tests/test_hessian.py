@@ -320,8 +320,12 @@ def test_vmap_rows_on_cuda_match_cpu_loop(force_mode):
     batch_cuda = model.ensure_graph(make_batch(atoms_list)).to("cuda")  # graph built on the CPU
     out_cuda = model_cuda(batch_cuda, create_graph=True)
     assert resolve_strategy("auto", out_cuda["pos"].device) == "vmap"
+    from hessdistill.hessian import VMAP_FALLBACKS
+
+    before = VMAP_FALLBACKS["count"]
     gpu = force_jacobian_rows(out_cuda["forces"], out_cuda["pos"], rows.to("cuda"), batch_cuda.ptr,
                               create_graph=False, strategy="vmap")
+    assert VMAP_FALLBACKS["count"] == before  # the vectorised path was really taken
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-9, rtol=1e-7)
 
 
