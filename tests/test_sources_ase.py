@@ -1,0 +1,43 @@
+"""ASE-readable sources: an ASE database round trip and an extxyz file in kcal/mol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.units import kcal, mol
+
+from hessdistill.data.sources.ase_files import read_ase
+
+from conftest import shared_file
+
+
+def test_ase_db_round_trip(tmp_path, rng):
+    from ase.db import connect
+
+    path = tmp_path / "set.db"
+    written = []
+    with connect(path) as db:
+        for k, name in enumerate(["H2O", "CH3OH"]):
+            atoms = molecule(name)
+            atoms.calc = SinglePointCalculator(atoms, energy=-10.0 * (k + 1), forces=rng.normal(size=(len(atoms), 3)))
+            db.write(atoms)
+            written.append(atoms)
+    read = read_ase(path)
+    assert len(read) == 2
+    for s, a in zip(read, written):
+        np.testing.assert_array_equal(s.z, a.numbers)
+        np.testing.assert_allclose(s.positions, a.positions)
+        assert s.energy == a.get_potential_energy()
+        np.testing.assert_allclose(s.forces, a.get_forces())
+
+
+def test_rmd17_extxyz_in_kcal_per_mol():
+    path = shared_file("data/rmd17_ethanol_100_kcalmol.xyz")
+    raw = read_ase(path)
+    converted = read_ase(path, energy_unit=kcal / mol)
+    assert len(converted) == 100 and set(converted[0].z.tolist()) == {1, 6, 8}
+    assert converted[0].energy == pytest.approx(raw[0].energy * kcal / mol)
+    np.testing.assert_allclose(converted[0].forces, raw[0].forces * kcal / mol)
+    assert 0.01 < np.abs(converted[0].forces).mean() < 5.0  # eV/Å, a sane range for thermal ethanol
