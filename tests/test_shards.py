@@ -64,3 +64,20 @@ def test_unfinished_shard_is_not_merged(tmp_path, ani_teacher):
 def test_bad_shard_spec(bad):
     with pytest.raises(ValueError, match="shard"):
         parse_shard(bad)
+
+
+def test_subset_source_can_be_any_reader(tmp_path, rng):
+    """``subset.source`` is a Hydra call: an npz subset builds its store through the npz reader."""
+    from ase.units import kcal, mol
+
+    z = np.array([8, 1, 1])
+    r = np.array([[0.0, 0.0, 0.1], [0.0, 0.76, -0.5], [0.0, -0.76, -0.5]]) + rng.normal(0, 0.02, (4, 3, 3))
+    np.savez(tmp_path / "water.npz", z=z, R=r, E=rng.normal(-47000, 1, (4, 1)), F=rng.normal(size=(4, 3, 3)))
+    store = tmp_path / "water.h5"
+    cfg = precompute_cfg(store, "subset.source._target_=hessdistill.data.sources.npz.read_npz",
+                         f"subset.source.path={tmp_path / 'water.npz'}", "~subset.source.length_unit",
+                         f"subset.source.energy_unit={kcal / mol}")
+    run(cfg)
+    with HessianStore(store) as s:
+        assert len(s) == 4 and s.teacher_done("ani1x").all()
+        assert s.structure(2).info["molecule"] == "water"

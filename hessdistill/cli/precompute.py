@@ -15,7 +15,6 @@ import hydra
 from omegaconf import DictConfig
 
 from hessdistill.cli.config_path import CONFIG_DIR
-from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.precompute import merge_shards, open_shard, parse_shard, precompute_teacher, shard_indices
 
@@ -23,14 +22,15 @@ log = logging.getLogger(__name__)
 
 
 def build_store(subset: DictConfig) -> HessianStore:
-    """Open the subset's store, creating it from ``subset.source`` when it does not exist yet."""
+    """Open the subset's store, creating it from ``subset.source`` when it does not exist yet.
+
+    ``subset.source`` is a Hydra call of any reader in ``hessdistill.data.sources`` (``_target_`` + arguments)."""
     path = Path(subset.store)
     if not path.exists():
-        src = subset.source
-        structures = read_ase(src.path, energy_unit=src.energy_unit, length_unit=src.length_unit)
+        structures = hydra.utils.call(subset.source)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_structures(path, structures)
-        log.info("wrote %d structures from %s to %s", len(structures), src.path, path)
+        log.info("wrote %d structures from %s to %s", len(structures), subset.source.path, path)
     return HessianStore(path, mode="a")
 
 
