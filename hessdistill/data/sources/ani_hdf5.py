@@ -15,7 +15,7 @@ import numpy as np
 from ase.data import atomic_numbers as SYMBOL_TO_Z
 from ase.units import Hartree
 
-from hessdistill.data.sources.conformers import conformer_structures
+from hessdistill.data.sources.conformers import conformer_structures, labelled
 from hessdistill.data.structures import InvalidStructureError, Structure
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,7 @@ def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: st
         for name in groups:
             group = h5[name]
             where = f"{path}[{name}]"
-            if "species" not in group:
-                raise InvalidStructureError(f"{where}: missing dataset 'species'")
-            has_labels = energy_key in group and forces_key in group
-            if require_labels:
-                for key in (energy_key, forces_key):
-                    if key not in group:
-                        raise InvalidStructureError(f"{where}: missing dataset {key!r}")
+            has_labels = labelled(group, where, ("species",), (energy_key, forces_key), require_labels)
             z = _species_to_z(group["species"][()], where)
             positions = np.asarray(group["coordinates"][()], dtype=np.float64) * length_unit
             if positions.ndim == 2:  # a single conformer stored without the leading axis

@@ -7,6 +7,15 @@ import numpy as np
 from hessdistill.data.structures import InvalidStructureError, Structure
 
 
+def labelled(group, where: str, required: tuple[str, ...], labels: tuple[str, str], require_labels: bool) -> bool:
+    """Check an HDF5 molecule group has its ``required`` datasets (and the two ``labels`` datasets when
+    ``require_labels``); raise InvalidStructureError naming ``where`` otherwise. Returns whether labels are there."""
+    for key in required + (labels if require_labels else ()):
+        if key not in group:
+            raise InvalidStructureError(f"{where}: missing dataset {key!r}")
+    return all(key in group for key in labels)
+
+
 def conformer_structures(where: str, z: np.ndarray, positions: np.ndarray, energies: np.ndarray | None,
                          forces: np.ndarray | None, info: dict, labels: tuple[str, str, str],
                          require_labels: bool) -> tuple[list[Structure], int]:

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 from ase.units import Bohr, Hartree
 
-from hessdistill.data.sources.conformers import conformer_structures
+from hessdistill.data.sources.conformers import conformer_structures, labelled
 from hessdistill.data.structures import InvalidStructureError, Structure
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,8 @@ def read_spice(path: str | Path, energy_key: str = "dft_total_energy", subsets: 
                 raise InvalidStructureError(f"{where}: {exc}") from exc
             if keep is not None and subset not in keep:
                 continue
-            for key in ("atomic_numbers", "conformations"):
-                if key not in group:
-                    raise InvalidStructureError(f"{where}: missing dataset {key!r}")
-            has_labels = energy_key in group and GRADIENT_KEY in group
-            if require_labels:
-                for key in (energy_key, GRADIENT_KEY):
-                    if key not in group:
-                        raise InvalidStructureError(f"{where}: missing dataset {key!r}")
+            has_labels = labelled(group, where, ("atomic_numbers", "conformations"), (energy_key, GRADIENT_KEY),
+                                  require_labels)
             z = np.asarray(group["atomic_numbers"][()]).astype(np.int64)
             if z.ndim != 1:
                 raise InvalidStructureError(f"{where}: atomic_numbers has shape {z.shape}, expected (N,)")
