@@ -9,7 +9,8 @@ from ase.build import molecule
 from torch_geometric.loader import DataLoader
 
 from conftest import teacher_lane_rows
-from hessdistill.data.datamodule import StoreDataModule, StoreDataset, split_indices
+from hessdistill.data.datamodule import StoreDataModule, StoreDataset
+from hessdistill.data.splits import split_indices
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.data.structures import Structure
 from hessdistill.hessian import force_jacobian_rows

@@ -52,3 +52,51 @@ def test_label_cli_resumes(tmp_path):
     keys = [(f.info["molecule"], f.info["seed"], f.info["frame"]) for f in frames]
     assert sorted(keys) == [("CH4", 1, 0), ("CH4", 1, 1), ("CH4", 2, 0), ("CH4", 2, 1)]
     assert all(np.isfinite(f.get_forces()).all() for f in frames)
+
+
+def test_xtb_forces_are_minus_energy_gradient():
+    pytest.importorskip("tblite")
+    from hessdistill.labelling.xtb import xtb_energy_forces
+
+    atoms = molecule("CH3Cl")
+    atoms.rattle(0.05, seed=1)
+    energy, forces = xtb_energy_forces(atoms)
+    delta = 1e-4
+    for atom, axis in [(0, 2), (1, 0), (4, 1)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[atom, axis] += delta
+        minus.positions[atom, axis] -= delta
+        fd = -(xtb_energy_forces(plus)[0] - xtb_energy_forces(minus)[0]) / (2 * delta)
+        assert forces[atom, axis] == pytest.approx(fd, abs=1e-4)
+    assert -300 < energy < -150  # eV: GFN2-xTB total energy of CH3Cl is about -8.2 Eh
+
+
+def test_label_cli_given_structures_with_xtb_resumes_and_writes_a_store(tmp_path):
+    pytest.importorskip("tblite")
+    import ase.io
+    from hessdistill.cli.label import main
+    from hessdistill.data.store import HessianStore
+    from hessdistill.labelling.xtb import xtb_energy_forces
+
+    frames = []
+    for k, name in enumerate(["H2O", "CH4", "CH3Cl"]):
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=k)
+        atoms.info["molecule"] = name
+        frames.append(atoms)
+    given = tmp_path / "given.xyz"
+    ase.io.write(given, frames[:2])
+    out, store = tmp_path / "labels.extxyz", tmp_path / "s.h5"
+    main(["--structures", str(given), "--method", "xtb", "--out", str(out)])
+    assert [f.info["molecule"] for f in read_complete(out)] == ["H2O", "CH4"]
+    ase.io.write(given, frames)  # one more structure: only it is labelled on the rerun
+    main(["--structures", str(given), "--method", "xtb", "--out", str(out), "--store", str(store)])
+    labelled = read_complete(out)
+    assert [(f.info["molecule"], f.info["frame"]) for f in labelled] == [("H2O", 0), ("CH4", 1), ("CH3Cl", 2)]
+    assert all(f.info["method"] == "GFN2-xTB" for f in labelled)
+    with HessianStore(store) as s:
+        assert len(s) == 3
+        third = s.structure(2)
+        np.testing.assert_allclose(third.positions, frames[2].positions, atol=1e-7)  # extxyz keeps 8 decimals
+        energy, forces = xtb_energy_forces(ase.io.read(given, index=2))  # labelled as written to the file
+        assert third.energy == pytest.approx(energy) and np.allclose(third.forces, forces)

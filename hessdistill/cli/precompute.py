@@ -9,33 +9,20 @@ teacher's energies, forces and Hessians. Rerunning resumes where a killed run st
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from hessdistill.cli.config_path import CONFIG_DIR
-from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.data.store import HessianStore
+from hessdistill.data.subset import build_store
 from hessdistill.precompute import merge_shards, open_shard, parse_shard, precompute_teacher, shard_indices
 
 log = logging.getLogger(__name__)
 
 
-def build_store(subset: DictConfig) -> HessianStore:
-    """Open the subset's store, creating it from ``subset.source`` when it does not exist yet.
-
-    ``subset.source`` is a Hydra call of any reader in ``hessdistill.data.sources`` (``_target_`` + arguments)."""
-    path = Path(subset.store)
-    if not path.exists():
-        structures = hydra.utils.call(subset.source)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_structures(path, structures)
-        log.info("wrote %d structures from %s to %s", len(structures), subset.source.path, path)
-    return HessianStore(path, mode="a")
-
-
 def run(cfg: DictConfig) -> dict:
-    store = build_store(cfg.subset)
+    store = HessianStore(build_store(cfg.subset), mode="a")
     if cfg.merge_shards:
         merged = merge_shards(store, cfg.teacher.name, int(cfg.merge_shards))
         store.close()

@@ -3,7 +3,9 @@
     hessdistill-train experiment=demo distill=hessian
     hessdistill-train --multirun experiment=demo distill.lambda_kd=100,400
 
-Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher) into the run directory.
+Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher) and ``splits.json`` (the exact
+split; point ``subset.split_file`` at it to reuse it) into the run directory. The subset's store is built first
+if it does not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.store import HessianStore
+from hessdistill.data.subset import build_store
 from hessdistill.training.callbacks import HalveKDWeight
 from hessdistill.training.module import DistillModule
 
@@ -50,11 +53,14 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
         raise ValueError(f"teacher_mode must be 'precomputed' or 'online', got {cfg.teacher_mode!r}")
     if cfg.distill.weights.hessian > 0 and cfg.distill.rows < 1:
         raise ValueError("distill.weights.hessian > 0 needs distill.rows >= 1")
+    build_store(cfg.subset)
     dm = StoreDataModule(store=cfg.subset.store, teacher=teacher_for_training(cfg), rows=cfg.distill.rows,
                          batch_size=cfg.subset.batch_size, eval_batch_size=cfg.subset.eval_batch_size,
                          split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed, cutoff=cfg.student.cutoff,
                          max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
-                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online")
+                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online",
+                         split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"))
+    dm.write_split_file(Path(output_dir) / "splits.json")
     module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
                            kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
                            teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None)

@@ -10,6 +10,8 @@ hess_rows (N, s, 3) eV/Å² (batched: (Ntot, s, 3), ``.permute(1, 0, 2)`` gives 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import torch
@@ -17,19 +19,9 @@ from torch.utils.data import Dataset
 from torch_geometric.loader import DataLoader
 
 from hessdistill.data.graph import radius_graph
+from hessdistill.data.splits import read_split_file, split_indices, write_split_file
 from hessdistill.data.store import HessianStore
 from hessdistill.hessian import rows_to_atom_layout
-
-
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
-    """Deterministic train/val/test split of range(n) by a seeded permutation; fractions sum to ≤ 1."""
-    if any(f < 0 for f in fractions) or sum(fractions) > 1.0 + 1e-9:
-        raise ValueError(f"split fractions must be ≥ 0 and sum to ≤ 1, got {fractions}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_train, n_val = int(round(fractions[0] * n)), int(round(fractions[1] * n))
-    n_test = min(int(round(fractions[2] * n)), n - n_train - n_val)
-    return {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train : n_train + n_val]),
-            "test": np.sort(perm[n_train + n_val : n_train + n_val + n_test])}
 
 
 def _sample_rows(available: torch.Tensor, s: int, generator: torch.Generator | None, where: str) -> torch.Tensor:
@@ -80,24 +72,28 @@ class StoreDataset(Dataset):
 
 
 class StoreDataModule(L.LightningDataModule):
-    """Train/val/test loaders over one store. The split is a seeded permutation of the store's structures.
+    """Train/val/test loaders over one store.
 
+    split: sizes as fractions or counts (``hessdistill.data.splits``); split_by: None splits structures, an info key
+    (e.g. "molecule") splits whole groups; split_file: a JSON split record — read when it exists (and checked to
+    belong to this store), else written there, so every later run uses exactly the same split.
     online: the teacher runs during training (``DistillModule(teacher=...)``); items carry sampled row indices only.
     """
 
     def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
-                 eval_batch_size: int = 32, split: tuple[float, float, float] = (0.8, 0.1, 0.1), split_seed: int = 0,
+                 eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
-                 eval_rows: int = 4, dtype: str = "float32", online: bool = False) -> None:
+                 eval_rows: int = 4, dtype: str = "float32", online: bool = False, split_by: str | None = None,
+                 split_file: str | None = None) -> None:
         super().__init__()
         self.store_path, self.teacher, self.rows = store, teacher, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.split_fractions, self.split_seed = tuple(split), split_seed
+        self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
         self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
         self.eval_rows, self.online = eval_rows, online
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
-        self.splits = split_indices(len(self.store), self.split_fractions, split_seed)
+        self.splits = self._make_splits(split_file)
         if online and teacher is not None:
             raise ValueError("online teacher mode reads no teacher labels from the store: pass teacher=None")
         if teacher is not None:
@@ -105,6 +101,22 @@ class StoreDataModule(L.LightningDataModule):
             if not done.all():
                 raise ValueError(f"{store}: teacher {teacher!r} labels exist for {int(done.sum())}/{len(done)} structures;"
                                  f" finish precompute first")
+
+    def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
+        fingerprint = self.store.fingerprint()
+        if split_file is not None and Path(split_file).exists():
+            return read_split_file(split_file, fingerprint, len(self.store))
+        groups = None if self.split_by is None else self.store.info_values(self.split_by)
+        splits = split_indices(len(self.store), self.split_sizes, self.split_seed, groups)
+        if split_file is not None:
+            self.write_split_file(split_file, splits)
+        return splits
+
+    def write_split_file(self, path: str | Path, splits: dict[str, np.ndarray] | None = None) -> None:
+        """Record the split (indices, store fingerprint, sizes, seed, split_by) as JSON at ``path``."""
+        write_split_file(path, self.splits if splits is None else splits, self.store.fingerprint(),
+                         store=str(self.store_path), n_structures=len(self.store), split=list(self.split_sizes),
+                         seed=self.split_seed, split_by=self.split_by)
 
     def dataset(self, name: str) -> StoreDataset:
         training = name == "train"

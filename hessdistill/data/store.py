@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 import h5py
 import numpy as np
 
+from hessdistill.data.splits import store_fingerprint
 from hessdistill.data.structures import Structure
 
 FORMAT = "hessdistill-store"
@@ -59,8 +60,11 @@ class StoreError(ValueError):
     """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
 
 
-def write_structures(path: str | Path, structures: Sequence[Structure], overwrite: bool = False) -> None:
-    """Create a store from validated structures (written to ``<path>.partial`` then renamed: never half-written)."""
+def write_structures(path: str | Path, structures: Sequence[Structure], overwrite: bool = False,
+                     attrs: dict | None = None) -> None:
+    """Create a store from validated structures (written to ``<path>.partial`` then renamed: never half-written).
+
+    attrs: extra root attributes recording how the store was made (e.g. ``subset``: the subset config as JSON)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -74,6 +78,7 @@ def write_structures(path: str | Path, structures: Sequence[Structure], overwrit
     try:
         with h5py.File(partial, "w") as f:
             f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            f.attrs.update(attrs or {})
             g = f.create_group("structures")
             g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
             g["positions"] = np.concatenate([s.positions for s in structures])
@@ -145,6 +150,22 @@ class HessianStore:
             energy=float(g["energy"][i]), forces=g["forces"][a:b], info=json.loads(g["info"][i]),
             source=f"{self.path}[{i}]",
         )
+
+    def info_values(self, key: str) -> list:
+        """``info[key]`` of every structure (e.g. "molecule" for a group split); StoreError naming the first
+        structure that lacks it."""
+        values = []
+        for i, raw in enumerate(self.file["structures/info"][:]):
+            info = json.loads(raw)
+            if key not in info:
+                raise StoreError(f"{self.path}[{i}]: structure has no info key {key!r} (has: {sorted(info)})")
+            values.append(info[key])
+        return values
+
+    def fingerprint(self) -> str:
+        """SHA-1 of the store's atomic numbers, positions and offsets (identifies its structures)."""
+        g = self.file["structures"]
+        return store_fingerprint(g["z"][:], g["positions"][:], self.offsets)
 
     def structures(self, indices: Iterable[int] | None = None):
         for i in range(len(self)) if indices is None else indices:
