@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -21,10 +22,11 @@ from hessdistill.teachers.base import Teacher
 log = logging.getLogger(__name__)
 
 
-def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 8, chunk_size: int | None = None,
+def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | str = 8, chunk_size: int | None = None,
                        strategy: str = "auto", symmetry_tol: float = 1e-3, progress: bool = True,
                        layout: str = "full", dtype: str = "float32", rows_per_structure: int | None = None,
-                       seed: int = 0, indices: np.ndarray | None = None, features: bool = False) -> dict:
+                       seed: int = 0, indices: np.ndarray | None = None, features: bool = False,
+                       max_batch: int = 64) -> dict:
     """Fill ``/teachers/<teacher.name>`` for structures not yet done. Returns counts and the worst asymmetry.
 
     layout/dtype: Hessian storage (see ``HessianStore.create_teacher``). Layout "rows" computes only
@@ -32,6 +34,9 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
     i's rows are drawn with seed ``seed + i``, so a resumed run draws the same ones.
     indices: label only these structures (a shard); None: all.
     features: also store the teacher's node features and (where it has them) element embeddings.
+    batch_size: structures per teacher call, or "auto": ``BatchSizer`` probes 1, 2, 4, … up to ``max_batch`` on the
+    real work and keeps the fastest (on a CPU one MACE structure per call can beat batches; on a GPU large
+    batches win). On CUDA out-of-memory the batch (then the VJP chunk) is halved and the batch retried.
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
     """
@@ -45,20 +50,41 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
     if features and len(todo):
         _create_features(store, teacher, int(todo[0]))
     worst = 0.0
+    sizer = BatchSizer(batch_size, max_batch)
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
+    start = 0
+    while start < len(todo):
+        idx = todo[start : start + sizer.next_size()]
         data = [store.structure(int(i)).to_data(teacher.dtype) for i in idx]
         for d, i in zip(data, idx):
             d.idx = torch.tensor([int(i)])
         batch = Batch.from_data_list(data)
-        node_features = teacher.node_features(batch).cpu().numpy() if features else None
-        if layout == "rows":
-            rows = torch.stack([torch.randperm(3 * d.num_nodes, generator=torch.Generator().manual_seed(seed + int(i)))
-                                [:rows_per_structure] for d, i in zip(data, idx)])
-            energy, forces, lanes = teacher.hessian_rows(batch, rows, strategy)
-        else:
-            energy, forces, hessians = teacher.hessians(batch, chunk_size, strategy)
+        began = time.perf_counter()
+        try:
+            node_features = teacher.node_features(batch).cpu().numpy() if features else None
+            if layout == "rows":
+                rows = torch.stack([torch.randperm(3 * d.num_nodes, generator=torch.Generator().manual_seed(seed + int(i)))
+                                    [:rows_per_structure] for d, i in zip(data, idx)])
+                energy, forces, lanes = teacher.hessian_rows(batch, rows, strategy)
+            else:
+                energy, forces, hessians = teacher.hessians(batch, chunk_size, strategy)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(idx) > 1:
+                sizer.shrink(len(idx))
+            elif layout != "rows" and (chunk_size is None or chunk_size > 1):
+                chunk_size = max(1, (chunk_size or 3 * len(data[0].z)) // 2)
+            else:
+                raise
+            log.warning("CUDA out of memory on %d structure(s); retrying with batch size %d, chunk size %s",
+                        len(idx), sizer.next_size(), chunk_size or "all")
+            continue
+        if sizer.tuning:
+            if batch.pos.is_cuda:
+                torch.cuda.synchronize()
+            widths = 3 * (batch.ptr[1:] - batch.ptr[:-1])  # entries computed: (3N_i)² each, or k·3N_i for rows
+            entries = widths * (rows_per_structure if layout == "rows" else widths)
+            sizer.record(int(entries.sum()), time.perf_counter() - began)
         for k, i in enumerate(idx):
             a, b = int(batch.ptr[k]), int(batch.ptr[k + 1])
             f = forces[a:b].cpu().double().numpy()
@@ -75,9 +101,11 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int = 
                 log.warning("%s[%d]: teacher %s Hessian asymmetry %.2e eV/Å² > %.0e", store.path, i, teacher.name,
                             asym, symmetry_tol)
             store.write_teacher(teacher.name, int(i), float(energy[k]), f, h, asymmetry=asym, node_features=nf)
+        start += len(idx)
         bar.update(len(idx))
     bar.close()
-    return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst}
+    return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst, "batch_size": sizer.next_size(),
+            "batch_rates": sizer.rates}
 
 
 def _create_features(store: HessianStore, teacher: Teacher, probe: int) -> None:
@@ -97,6 +125,66 @@ def size_sorted(n_atoms: np.ndarray) -> np.ndarray:
     mixing a 5-atom and a 12-atom molecule wastes most of the small one's lanes (measured for MACE on CPU:
     unsorted batches of 5–12-atom molecules ran at 0.5× of one structure at a time)."""
     return np.argsort(n_atoms, kind="stable")
+
+
+class BatchSizer:
+    """Structures per teacher call: a fixed number, or "auto" — probe 1, 2, 4, … (≤ max_batch) on the real work
+    and keep the size with the most Hessian entries per second (Σ (3N_i)² per second: one structure costs about
+    3N_i VJPs of N_i-atom work, so this rate is size-independent where structures/s is not, and precompute
+    goes through structures smallest first).
+
+    Each probed size is timed over batches adding up to ≥ ``min_seconds`` (the first batch, which pays one-off
+    warm-up costs, is not timed). A larger size is only taken if it is ≥ ``margin`` faster than the best so far,
+    so noise does not push the batch (and its memory) up. ``rates`` maps probed sizes to entries/s.
+    """
+
+    def __init__(self, batch_size: int | str = "auto", max_batch: int = 64, min_seconds: float = 1.0,
+                 margin: float = 1.1) -> None:
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        self.size = 1 if batch_size == "auto" else batch_size
+        self.tuning = batch_size == "auto"
+        self.max_batch, self.min_seconds, self.margin = max(1, int(max_batch)), min_seconds, margin
+        self.rates: dict[int, float] = {}
+        self._entries = self._seconds = 0.0
+        self._warm = False
+
+    def next_size(self) -> int:
+        return self.size
+
+    def record(self, n_entries: int, seconds: float) -> None:
+        """Time of one call of the current size that computed ``n_entries`` Hessian entries."""
+        if not self.tuning:
+            return
+        if not self._warm:
+            self._warm = True
+            return
+        self._entries, self._seconds = self._entries + n_entries, self._seconds + seconds
+        if self._seconds < self.min_seconds:
+            return
+        rate = self._entries / self._seconds
+        best = max(self.rates.values(), default=0.0)
+        self.rates[self.size] = rate
+        self._entries = self._seconds = 0.0
+        if rate < self.margin * best:  # no clear gain from the larger size: settle
+            self.size, self.tuning = self._settled(), False
+        elif 2 * self.size > self.max_batch:
+            self.size, self.tuning = self._settled(), False
+        else:
+            self.size *= 2
+        if not self.tuning:
+            log.info("batch_size auto: Hessian entries/s by batch size %s; using %d",
+                     {k: round(v, 1) for k, v in self.rates.items()}, self.size)
+
+    def _settled(self) -> int:
+        """The smallest probed size within ``margin`` of the fastest (less memory for the same speed)."""
+        fastest = max(self.rates.values())
+        return min(size for size, rate in self.rates.items() if rate * self.margin >= fastest)
+
+    def shrink(self, failed: int) -> None:
+        """A call of ``failed`` structures ran out of memory: halve, and stop growing."""
+        self.size, self.tuning = max(1, failed // 2), False
+        self.max_batch = self.size
 
 
 def parse_shard(shard: str) -> tuple[int, int]:

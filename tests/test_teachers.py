@@ -176,6 +176,25 @@ def test_tiny_mace_teacher_hessian_matches_finite_differences():
         teacher.energy_forces(make_batch([rattled("SH2")]))
 
 
+def test_cuequivariance_models_are_converted_to_e3nn(monkeypatch):
+    """cuEquivariance kernels break under autograd + vmap: such a model is swapped for mace-torch's e3nn copy."""
+    pytest.importorskip("mace")
+    import mace.cli.convert_cueq_e3nn as convert
+    from hessdistill.teachers import mace as mace_teacher
+
+    plain = tiny_mace()
+    assert not mace_teacher.uses_cuequivariance(plain)
+    assert mace_teacher.without_cuequivariance(plain) is plain
+    kernel = type("SymmetricContraction", (torch.nn.Module,), {"__module__": "cuequivariance_torch.operations"})
+    accelerated = tiny_mace()
+    accelerated.products[0].add_module("cueq_kernel", kernel())
+    assert mace_teacher.uses_cuequivariance(accelerated)
+    converted = []
+    monkeypatch.setattr(convert, "run", lambda model, return_model: converted.append(model) or plain)
+    teacher = mace_teacher.MACETeacher(accelerated, name="cueq")
+    assert converted == [accelerated] and teacher.model is plain
+
+
 def test_real_mace_model_file_loads_and_gives_symmetric_hessian():
     path = shared_file("teachers/mace_spice_test.model")
     pytest.importorskip("mace")

@@ -38,10 +38,10 @@ def run(cfg: DictConfig) -> dict:
     st = cfg.storage
     result = precompute_teacher(target, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
                                 layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed,
-                                indices=indices, features=cfg.features)
+                                indices=indices, features=cfg.features, max_batch=cfg.max_batch)
     target.close()
-    log.info("teacher %s: %d computed now, %d structures in %s, max Hessian asymmetry %.2e eV/Å²", teacher.name,
-             result["computed"], result["total"], target.path, result["max_asymmetry"])
+    log.info("teacher %s: %d computed now, %d structures in %s, max Hessian asymmetry %.2e eV/Å², batch size %d",
+             teacher.name, result["computed"], result["total"], target.path, result["max_asymmetry"], result["batch_size"])
     return result
 
 

@@ -6,12 +6,15 @@ tensor is substituted so the energy is differentiable w.r.t. it. Periodic cells 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from hessdistill.teachers.base import Teacher
+
+log = logging.getLogger(__name__)
 
 
 def load_mace_model(path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
@@ -27,6 +30,24 @@ def load_mace_model(path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
     return model.to(dtype)
 
 
+def uses_cuequivariance(model: torch.nn.Module) -> bool:
+    """Whether any submodule comes from NVIDIA's cuEquivariance kernels (``cuequivariance*`` packages)."""
+    return any(type(m).__module__.startswith("cuequivariance") for m in model.modules())
+
+
+def without_cuequivariance(model: torch.nn.Module) -> torch.nn.Module:
+    """An e3nn copy of a cuEquivariance-accelerated MACE model (mace-torch's own converter), else ``model``.
+
+    The cuEquivariance kernels break under autograd + vmap, which every Hessian here needs; the e3nn model computes
+    the same function with differentiable ops."""
+    if not uses_cuequivariance(model):
+        return model
+    from mace.cli.convert_cueq_e3nn import run as cueq_to_e3nn
+
+    log.warning("MACE model uses cuEquivariance kernels; converting it to e3nn for Hessians (autograd + vmap)")
+    return cueq_to_e3nn(model, return_model=True)
+
+
 class MACETeacher(Teacher):
     """A MACE model. model: a ``.model`` path or an already built mace-torch module; name: store label."""
 
@@ -34,7 +55,8 @@ class MACETeacher(Teacher):
                  head: str | None = None, dtype: str = "float64") -> None:
         super().__init__()
         torch_dtype = getattr(torch, dtype)
-        self.model = load_mace_model(model, torch_dtype) if isinstance(model, (str, Path)) else model.to(torch_dtype)
+        model = load_mace_model(model, torch_dtype) if isinstance(model, (str, Path)) else model.to(torch_dtype)
+        self.model = without_cuequivariance(model).to(torch_dtype)
         self.name, self.level_of_theory = name, level_of_theory
         heads = list(getattr(self.model, "heads", None) or ["default"])
         self.head = head or heads[0]
