@@ -43,22 +43,12 @@ def batch_force_fn(model, batch):
 
 
 def differentiable_student_forces(model, batch):
-    """pos → forces as a differentiable function of its input (``ForceField.forward`` detaches pos, so the
-    head is spelled out here; the caller checks it reproduces ``forward``)."""
-    src, dst = batch.edge_index
+    """pos → forces as a differentiable function of its input (``ForceField.outputs``)."""
 
     def forces(pos):
         if not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
-        vectors = pos[src] - pos[dst] + batch.edge_shift.to(pos)
-        s, v = model.representation(batch.z, vectors, batch.edge_index)
-        if model.force_mode == "direct":
-            for block in model.force_blocks:
-                s, v = block(s, v)
-            return model.scale * v.squeeze(-1)
-        atom_energy = model.scale * model.energy_head(s).squeeze(-1) + model.atom_refs[batch.z]
-        (grad,) = torch.autograd.grad(atom_energy.sum(), pos, create_graph=True)
-        return -grad
+        return model.outputs(pos, batch, create_graph=True)[1]
 
     return forces
 

@@ -1,13 +1,16 @@
 """Shared output heads so that a student file only defines its representation.
 
-A representation maps (z (N,), edge vectors (E, 3) Å, edge_index (2, E)) to scalar features s (N, F) and
-vector features v (N, 3, F). ``ForceField`` adds the energy head (eV) and either a direct-force head on v
-or conservative forces F = −∇U (eV/Å). All message passing uses index_add (twice differentiable).
+A representation maps (z (N,), edge vectors r_src − r_dst (E, 3) Å, edge_index (2, E)) to ``AtomFeatures``:
+scalars s (N, F) always; vectors v (N, 3, F) if it is equivariant (PaiNN); edge features (E, F_e) otherwise.
+``ForceField`` adds the energy head (eV) and either conservative forces F = −∇U or a direct-force head (eV/Å):
+gated equivariant blocks on v, or, for invariant representations, an edge head F_dst = Σ_e w(edge_e) r̂_e.
+All message passing uses index_add (twice differentiable). A representation declares ``hidden_channels`` (F)
+and, without vectors, ``edge_channels`` (F_e).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +27,14 @@ def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 def vector_norm(v: Tensor, eps: float = 1e-8) -> Tensor:
     """‖v‖ over the Cartesian axis of (N, 3, F) → (N, F), smooth at v = 0 so every derivative stays finite."""
     return torch.sqrt((v * v).sum(dim=1) + eps)
+
+
+class AtomFeatures(NamedTuple):
+    """What a representation returns: scalars (N, F); vectors (N, 3, F) or None; edges (E, F_e) or None."""
+
+    scalars: Tensor
+    vectors: Tensor | None = None
+    edges: Tensor | None = None
 
 
 class GatedEquivariantBlock(nn.Module):
@@ -60,7 +71,11 @@ class ForceField(nn.Module):
         f = representation.hidden_channels
         self.energy_head = mlp(f, f // 2, 1)
         if force_mode == "direct":
-            self.force_blocks = nn.ModuleList([GatedEquivariantBlock(f, f // 2), GatedEquivariantBlock(f // 2, 1)])
+            if getattr(representation, "vector_features", False):
+                self.force_blocks = nn.ModuleList([GatedEquivariantBlock(f, f // 2), GatedEquivariantBlock(f // 2, 1)])
+            else:
+                fe = representation.edge_channels
+                self.edge_force_head = mlp(fe, fe // 2, 1)
         self.register_buffer("atom_refs", torch.zeros(119))
         self.register_buffer("scale", torch.ones(()))
 
@@ -83,6 +98,27 @@ class ForceField(nn.Module):
         batch.edge_shift = torch.cat(shifts).to(batch.pos)
         return batch
 
+    def outputs(self, pos: Tensor, batch, create_graph: bool = False) -> tuple[Tensor, Tensor, AtomFeatures]:
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and the representation's features, as functions of ``pos``
+        (Ntot, 3) Å, which must require grad for conservative forces. ``batch`` needs a graph (``ensure_graph``)."""
+        src, dst = batch.edge_index
+        vectors = pos[src] - pos[dst] + batch.edge_shift.to(pos)
+        features = self.representation(batch.z, vectors, batch.edge_index)
+        atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1) + self.atom_refs[batch.z]
+        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
+        if self.force_mode == "conservative":
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+            return energy, -grad, features
+        if features.vectors is not None:
+            s, v = features.scalars, features.vectors
+            for block in self.force_blocks:
+                s, v = block(s, v)
+            return energy, self.scale * v.squeeze(-1), features
+        unit = vectors / vectors.norm(dim=-1, keepdim=True)
+        weights = self.edge_force_head(features.edges)  # (E, 1): force on dst along r̂ = (r_src − r_dst)/d
+        forces = torch.zeros_like(pos).index_add(0, dst, weights * unit)
+        return energy, self.scale * forces, features
+
     def forward(self, batch, create_graph: bool = False) -> dict[str, Tensor]:
         """energy (B,) eV, forces (Ntot, 3) eV/Å, and pos (Ntot, 3): the leaf the outputs depend on.
 
@@ -90,18 +126,7 @@ class ForceField(nn.Module):
         """
         batch = self.ensure_graph(batch)
         pos = batch.pos.detach().requires_grad_(True)
-        src, dst = batch.edge_index
-        vectors = pos[src] - pos[dst] + batch.edge_shift.to(pos)
-        s, v = self.representation(batch.z, vectors, batch.edge_index)
-        atom_energy = self.scale * self.energy_head(s).squeeze(-1) + self.atom_refs[batch.z]
-        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
-        if self.force_mode == "conservative":
-            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
-            forces = -grad
-        else:
-            for block in self.force_blocks:
-                s, v = block(s, v)
-            forces = self.scale * v.squeeze(-1)
+        energy, forces, _ = self.outputs(pos, batch, create_graph)
         return {"energy": energy, "forces": forces, "pos": pos}
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from hessdistill.models.heads import ForceField, mlp, vector_norm
+from hessdistill.models.heads import AtomFeatures, ForceField, mlp, vector_norm
 
 
 def sine_rbf(distance: Tensor, n_rbf: int, cutoff: float) -> Tensor:
@@ -50,7 +50,9 @@ class PaiNNInteraction(nn.Module):
 
 
 class PaiNNRepresentation(nn.Module):
-    """z (N,), edge vectors r_ij (E, 3) Å, edge_index (2, E) → s (N, F), v (N, 3, F)."""
+    """z (N,), edge vectors r_ij (E, 3) Å, edge_index (2, E) → AtomFeatures(s (N, F), v (N, 3, F))."""
+
+    vector_features = True
 
     def __init__(self, hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 128, cutoff: float = 12.0) -> None:
         super().__init__()
@@ -60,7 +62,7 @@ class PaiNNRepresentation(nn.Module):
         self.embedding = nn.Embedding(119, hidden_channels)
         self.layers = nn.ModuleList([PaiNNInteraction(hidden_channels, num_rbf) for _ in range(num_layers)])
 
-    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor) -> AtomFeatures:
         distance = vectors.norm(dim=-1)
         unit = vectors / distance[:, None]
         rbf = sine_rbf(distance, self.num_rbf, self.cutoff)
@@ -69,7 +71,7 @@ class PaiNNRepresentation(nn.Module):
         v = s.new_zeros(s.shape[0], 3, s.shape[1])
         for layer in self.layers:
             s, v = layer(s, v, rbf, fcut, unit, edge_index)
-        return s, v
+        return AtomFeatures(s, v)
 
 
 def PaiNN(hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 128, cutoff: float = 12.0,

@@ -1,0 +1,142 @@
+"""Every student of the zoo, in both force modes, through the same checks: Hessian rows against the autograd
+Jacobian and finite differences, KD-loss parameter gradients against finite differences (twice differentiable),
+rotation/translation invariance of energy and equivariance of forces, and a run of the Hydra training command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from scipy.spatial.transform import Rotation
+
+from conftest import make_batch, rattled
+from hessdistill import losses
+from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.hessian import finite_difference_force_jacobian, force_jacobian_rows, sample_hessian_rows
+
+FORCE_MODES = ("direct", "conservative")
+TINY = {  # student config name → tiny hyper-parameters (same code paths as the defaults)
+    "painn": {"hidden_channels": 16, "num_layers": 2, "num_rbf": 8, "cutoff": 4.0},
+    "schnet": {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_rbf": 12, "cutoff": 4.0},
+}
+STUDENTS = [(name, mode) for name in TINY for mode in FORCE_MODES]
+
+
+def build(name: str, force_mode: str, seed: int = 0):
+    import hydra
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"student={name}", f"student.force_mode={force_mode}",
+                                          *[f"student.{k}={v}" for k, v in TINY[name].items()]]).student
+    torch.manual_seed(seed)
+    model = hydra.utils.instantiate(cfg).double()
+    # non-trivial energy statistics, so the scale and reference buffers are exercised too
+    model.set_energy_statistics(torch.linspace(-10.0, -1.0, 119, dtype=torch.float64), 0.7)
+    return model
+
+
+def molecules():
+    return [rattled("CH3OH", seed=1, stdev=0.1), rattled("H2O", seed=2, stdev=0.1)]
+
+
+def graph_batch(model, atoms_list):
+    batch = make_batch(atoms_list)
+    model.ensure_graph(batch)
+    return batch
+
+
+def force_fn(model, batch):
+    def forces(pos):
+        pos = pos if pos.requires_grad else pos.detach().requires_grad_(True)
+        return model.outputs(pos, batch, create_graph=True)[1]
+    return forces
+
+
+@pytest.mark.parametrize("name, force_mode", STUDENTS)
+def test_rows_match_autograd_jacobian_and_finite_differences(name, force_mode):
+    model = build(name, force_mode)
+    batch = graph_batch(model, molecules())
+    out = model(batch, create_graph=True)
+    rows = sample_hessian_rows(batch.natoms, 4, torch.Generator().manual_seed(3))
+    got = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=False, strategy="vmap")
+    n = batch.pos.shape[0]
+    jac = torch.autograd.functional.jacobian(force_fn(model, batch), batch.pos.clone()).reshape(3 * n, 3 * n)
+    fd = finite_difference_force_jacobian(lambda p: force_fn(model, batch)(p).detach(), batch.pos, delta=1e-5)
+    flat = 3 * batch.ptr[:-1, None] + rows
+    expected = torch.stack([jac[flat[:, k]].sum(0) for k in range(4)])
+    scale = float(jac.abs().max())
+    assert scale > 1e-4  # the comparisons are not between zeros
+    torch.testing.assert_close(got.reshape(4, -1), expected, atol=1e-10 * scale, rtol=1e-8)
+    torch.testing.assert_close(jac, fd, atol=1e-5 * scale, rtol=1e-5)
+    asym = float((jac - jac.T).abs().max()) / scale
+    assert asym < 1e-9 if force_mode == "conservative" else asym > 1e-3  # −H symmetric; a force head's is not
+
+
+@pytest.mark.parametrize("name, force_mode", STUDENTS)
+def test_kd_loss_parameter_gradient_matches_finite_differences(name, force_mode):
+    model = build(name, force_mode)
+    batch = graph_batch(model, molecules())
+    rows = sample_hessian_rows(batch.natoms, 2, torch.Generator().manual_seed(5))
+    target = torch.randn(2, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def loss():
+        out = model(batch, create_graph=True)
+        student = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy="loop")
+        return losses.hessian_kd_loss(student, target, batch.batch, batch.num_graphs)
+
+    params = [p for n, p in model.representation.named_parameters() if p.dim() == 2 and "embedding" not in n]
+    checked = 0
+    for param in (params[0], params[-1]):  # first and last layer of the representation
+        model.zero_grad()
+        loss().backward()
+        index = tuple(min(1, d - 1) for d in param.shape)
+        analytic = 0.0 if param.grad is None else param.grad[index].item()  # None: the loss does not use it
+        eps, original = 1e-5, param[index].item()
+        with torch.no_grad():
+            param[index] = original + eps
+        plus = loss().item()
+        with torch.no_grad():
+            param[index] = original - eps
+        minus = loss().item()
+        with torch.no_grad():
+            param[index] = original
+        numeric = (plus - minus) / (2 * eps)
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+        checked += abs(numeric) > 1e-7
+    assert checked >= 1, "no checked parameter affects the loss: the test would be vacuous"
+
+
+@pytest.mark.parametrize("name, force_mode", STUDENTS)
+def test_energy_invariant_and_forces_equivariant(name, force_mode):
+    model = build(name, force_mode)
+    atoms_list = molecules()
+    rotation = Rotation.from_euler("zyx", [0.3, -1.1, 2.0])
+    moved = []
+    for atoms in atoms_list:
+        atoms = atoms.copy()
+        atoms.positions = rotation.apply(atoms.positions) + [1.5, -2.0, 0.7]
+        moved.append(atoms)
+    e0, f0 = model.energy_forces(graph_batch(model, atoms_list))
+    e1, f1 = model.energy_forces(graph_batch(model, moved))
+    torch.testing.assert_close(e1, e0, atol=1e-10, rtol=1e-12)
+    r = torch.as_tensor(rotation.as_matrix(), dtype=torch.float64)
+    torch.testing.assert_close(f1, f0 @ r.T, atol=1e-10, rtol=1e-9)
+    assert f0.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_student_trains_under_the_same_hydra_command(name, labelled_store, tmp_path, monkeypatch):
+    from hessdistill.cli.train import run
+
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo", f"student={name}", f"subset.store={labelled_store}",
+                                          "trainer.max_epochs=2", "subset.batch_size=8", "subset.rows=1",
+                                          "subset.split=[0.5,0.25,0.25]", "graph_backend=torch", f"logger.0.save_dir={tmp_path / 'logs'}",
+                                          *[f"student.{k}={v}" for k, v in TINY[name].items()]])
+    result = run(cfg, str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert result["epochs"] == 2 and result["test"]["test/force_mae"] > 0
+    assert result["test"]["test/hessian_mae"] == result["test"]["test/hessian_mae"]  # evaluated, not NaN
