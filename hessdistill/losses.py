@@ -50,6 +50,13 @@ def hessian_kd_loss(student_rows: Tensor, teacher_rows: Tensor, batch: Tensor, n
     raise ValueError(f"unknown Hessian-KD norm {norm!r}; choose 'squared' or 'l2_per_atom'")
 
 
+def node_feature_loss(student_projected: Tensor, teacher_features: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """n2n baseline: mean_i of the mean over structure i's atoms of ‖h_T − P h_S‖²; features (Ntot, F_t)."""
+    per_atom = ((student_projected - teacher_features) ** 2).sum(-1)
+    counts = per_structure_sum(torch.ones_like(per_atom), batch, num_graphs)
+    return (per_structure_sum(per_atom, batch, num_graphs) / counts).mean()
+
+
 def hessian_row_mae(student_rows: Tensor, teacher_rows: Tensor) -> Tensor:
     """Mean absolute error of the Hessian rows, eV/Å²: mean |H_j + ∂F̂_j/∂r| over all entries."""
     return (teacher_rows + student_rows).abs().mean()

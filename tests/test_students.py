@@ -20,8 +20,10 @@ FORCE_MODES = ("direct", "conservative")
 TINY = {  # student config name → tiny hyper-parameters (same code paths as the defaults)
     "painn": {"hidden_channels": 16, "num_layers": 2, "num_rbf": 8, "cutoff": 4.0},
     "schnet": {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_rbf": 12, "cutoff": 4.0},
+    "gemnet_dt": {"num_blocks": 2, "emb_size_atom": 16, "emb_size_edge": 16, "emb_size_trip": 8, "emb_size_rbf": 8,
+                  "emb_size_cbf": 8, "emb_size_bil_trip": 8, "num_spherical": 4, "num_radial": 4, "cutoff": 4.0},
 }
-STUDENTS = [(name, mode) for name in TINY for mode in FORCE_MODES]
+STUDENTS = [(name, mode) for name in TINY for mode in FORCE_MODES]  # gemnet_dt + conservative = GemNet-T
 
 
 def build(name: str, force_mode: str, seed: int = 0):

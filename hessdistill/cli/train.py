@@ -37,7 +37,8 @@ def teacher_for_training(cfg: DictConfig) -> str | None:
     if cfg.teacher_mode == "online":
         return None
     name = cfg.teacher.name
-    needs = cfg.distill.rows > 0 or cfg.distill.weights.hessian > 0 or cfg.distill.weights.force_kd > 0
+    needs = cfg.distill.rows > 0 or cfg.distill.weights.hessian > 0 or cfg.distill.weights.force_kd > 0 \
+        or cfg.distill.weights.get("n2n", 0.0) > 0 or bool(cfg.distill.get("a2a", False))
     store = HessianStore(cfg.subset.store)
     complete = name in store.teachers() and bool(store.teacher_done(name).all())
     store.close()
@@ -47,6 +48,23 @@ def teacher_for_training(cfg: DictConfig) -> str | None:
     return name if complete else None
 
 
+def baseline_inputs(cfg: DictConfig, n2n: bool, a2a: bool) -> dict:
+    """What the n2n and a2a baselines read from the store: the teacher's node-feature width and its element
+    embeddings (both stored by ``hessdistill-precompute ... features=true``)."""
+    if not (n2n or a2a):
+        return {}
+    if cfg.teacher_mode == "online":
+        raise ValueError("the n2n and a2a baselines read teacher features from the store: use teacher_mode=precomputed")
+    with HessianStore(cfg.subset.store) as store:
+        out = {}
+        if n2n:
+            out["n2n_features"] = store.node_feature_width(cfg.teacher.name)
+        if a2a:
+            z, table = store.element_embeddings(cfg.teacher.name)
+            out["a2a_embeddings"] = {"z": z.tolist(), "table": table.tolist()}
+    return out
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.teacher_mode not in ("precomputed", "online"):
@@ -54,16 +72,20 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if cfg.distill.weights.hessian > 0 and cfg.distill.rows < 1:
         raise ValueError("distill.weights.hessian > 0 needs distill.rows >= 1")
     build_store(cfg.subset)
+    n2n = cfg.distill.weights.get("n2n", 0.0) > 0
+    baseline = baseline_inputs(cfg, n2n, bool(cfg.distill.get("a2a", False)))
     dm = StoreDataModule(store=cfg.subset.store, teacher=teacher_for_training(cfg), rows=cfg.distill.rows,
                          batch_size=cfg.subset.batch_size, eval_batch_size=cfg.subset.eval_batch_size,
                          split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed, cutoff=cfg.student.cutoff,
                          max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
                          num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online",
-                         split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"))
+                         split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"),
+                         node_features=n2n)
     dm.write_split_file(Path(output_dir) / "splits.json")
     module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
                            kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
-                           teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None)
+                           teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None,
+                           **baseline)
     module.student.set_energy_statistics(*dm.energy_statistics())
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay), HalveKDWeight(**cfg.distill.halve_kd),
                  ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", save_last=True),

@@ -36,14 +36,16 @@ class StoreDataset(Dataset):
 
     teacher: the store's teacher group to read labels and rows from, or None. online: sample s row indices
     over all 3N rows (``hess_row`` only) for a teacher that computes them during training; no teacher labels read.
+    node_features: also read the teacher's node features, teacher_node_features (N, F_t) (n2n baseline).
     fixed_rows_seed: None samples fresh rows each access from the worker's RNG (training; reproducible under
     Lightning's seed_everything); an int gives each structure the same rows every epoch (validation/test).
     """
 
     def __init__(self, store: HessianStore, indices: np.ndarray, teacher: str | None, rows: int, cutoff: float,
                  max_neighbors: int, graph_backend: str = "auto", dtype: torch.dtype = torch.float32,
-                 fixed_rows_seed: int | None = None, online: bool = False) -> None:
+                 fixed_rows_seed: int | None = None, online: bool = False, node_features: bool = False) -> None:
         self.store, self.indices, self.teacher, self.rows = store, np.asarray(indices), teacher, rows
+        self.node_features = node_features
         self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
         self.fixed_rows_seed, self.online = fixed_rows_seed, online
 
@@ -63,6 +65,8 @@ class StoreDataset(Dataset):
             energy, forces = self.store.teacher_labels(self.teacher, i)
             data.teacher_energy = torch.tensor([energy], dtype=self.dtype)
             data.teacher_forces = torch.as_tensor(forces, dtype=self.dtype)
+            if self.node_features:
+                data.teacher_node_features = torch.as_tensor(self.store.node_features(self.teacher, i), dtype=self.dtype)
             if self.rows > 0:
                 available = torch.as_tensor(self.store.stored_rows(self.teacher, i))
                 data.hess_row = _sample_rows(available, self.rows, gen, f"{self.store.path}[{i}]")
@@ -78,19 +82,20 @@ class StoreDataModule(L.LightningDataModule):
     (e.g. "molecule") splits whole groups; split_file: a JSON split record — read when it exists (and checked to
     belong to this store), else written there, so every later run uses exactly the same split.
     online: the teacher runs during training (``DistillModule(teacher=...)``); items carry sampled row indices only.
+    node_features: items also carry the teacher's node features (the store must have them: features=true).
     """
 
     def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
                  eval_rows: int = 4, dtype: str = "float32", online: bool = False, split_by: str | None = None,
-                 split_file: str | None = None) -> None:
+                 split_file: str | None = None, node_features: bool = False) -> None:
         super().__init__()
         self.store_path, self.teacher, self.rows = store, teacher, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
         self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
-        self.eval_rows, self.online = eval_rows, online
+        self.eval_rows, self.online, self.node_features = eval_rows, online, node_features
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
         self.splits = self._make_splits(split_file)
@@ -122,7 +127,8 @@ class StoreDataModule(L.LightningDataModule):
         training = name == "train"
         return StoreDataset(self.store, self.splits[name], self.teacher, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
-                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed), online=self.online)
+                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed), online=self.online,
+                            node_features=self.node_features)
 
     def train_dataloader(self):
         return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=False,

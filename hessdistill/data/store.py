@@ -291,6 +291,21 @@ class HessianStore:
             raise StoreError(f"{self.path}: teacher {teacher!r} has no node features; precompute with features=true")
         return g["node_features"][int(self.offsets[i]) : int(self.offsets[i + 1])]
 
+    def node_feature_width(self, teacher: str) -> int:
+        """F of the teacher's stored node features (A, F); StoreError if it has none."""
+        g = self.teacher_group(teacher)
+        if "node_features" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no node features; precompute with features=true")
+        return int(g["node_features"].shape[1])
+
+    def element_embeddings(self, teacher: str) -> tuple[np.ndarray, np.ndarray]:
+        """Atomic numbers (E,) and the teacher's element embeddings (E, F_e); StoreError if it has none."""
+        g = self.teacher_group(teacher)
+        if "element_embeddings" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no element embeddings (precompute with "
+                             f"features=true and a teacher that has an embedding table, e.g. MACE)")
+        return g["element_z"][:].astype(np.int64), g["element_embeddings"][:]
+
     def teacher_done(self, teacher: str) -> np.ndarray:
         return self.teacher_group(teacher)["done"][:] if teacher in self.teachers() else np.zeros(len(self), bool)
 

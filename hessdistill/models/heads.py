@@ -5,7 +5,8 @@ scalars s (N, F) always; vectors v (N, 3, F) if it is equivariant (PaiNN); edge 
 ``ForceField`` adds the energy head (eV) and either conservative forces F = −∇U or a direct-force head (eV/Å):
 gated equivariant blocks on v, or, for invariant representations, an edge head F_dst = Σ_e w(edge_e) r̂_e.
 All message passing uses index_add (twice differentiable). A representation declares ``hidden_channels`` (F)
-and, without vectors, ``edge_channels`` (F_e).
+and, without vectors, ``edge_channels`` (F_e); its element embedding is ``embedding`` (nn.Embedding(119, F) or
+anything mapping z to (N, F)), which the a2a baseline swaps for a projection of the teacher's.
 """
 
 from __future__ import annotations
@@ -52,6 +53,28 @@ class GatedEquivariantBlock(nn.Module):
         return s_out, gate.unsqueeze(1) * va
 
 
+class ProjectedEmbedding(nn.Module):
+    """a2a baseline: element embeddings h_S(z) = P h_T(z), the teacher's (frozen) table through a learned linear
+    projection P (F_t → F_s). Elements the teacher has no embedding for map to zero.
+
+    z: (E,) atomic numbers of the teacher's table; table: (E, F_t); n_out: the student's embedding size F_s.
+    """
+
+    def __init__(self, z: Tensor, table: Tensor, n_out: int) -> None:
+        super().__init__()
+        full = torch.zeros(119, table.shape[1], dtype=table.dtype)
+        full[torch.as_tensor(z, dtype=torch.long)] = torch.as_tensor(table)
+        self.register_buffer("teacher_table", full)
+        self.register_buffer("known", torch.zeros(119, dtype=torch.bool).index_fill(0, torch.as_tensor(z, dtype=torch.long), True))
+        self.projection = nn.Linear(table.shape[1], n_out, bias=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        if not bool(self.known[z].all()):
+            missing = sorted(set(z[~self.known[z]].tolist()))
+            raise ValueError(f"a2a: the teacher has no element embedding for atomic number(s) {missing}")
+        return self.projection(self.teacher_table[z].to(self.projection.weight.dtype))
+
+
 class ForceField(nn.Module):
     """A student: representation + energy head + direct or conservative forces.
 
@@ -78,6 +101,12 @@ class ForceField(nn.Module):
                 self.edge_force_head = mlp(fe, fe // 2, 1)
         self.register_buffer("atom_refs", torch.zeros(119))
         self.register_buffer("scale", torch.ones(()))
+
+    def use_teacher_embeddings(self, z: Tensor, table: Tensor) -> None:
+        """a2a: replace the representation's element embedding (its ``embedding``, an nn.Embedding(119, F)) by a
+        learned projection of the teacher's element embeddings (z (E,), table (E, F_t))."""
+        old = self.representation.embedding
+        self.representation.embedding = ProjectedEmbedding(z, table, old.embedding_dim).to(old.weight)
 
     def set_energy_statistics(self, atom_refs: Tensor, scale: float) -> None:
         """atom_refs: (119,) eV per element (linear fit of training energies); scale: force RMS, eV/Å."""
@@ -120,14 +149,15 @@ class ForceField(nn.Module):
         return energy, self.scale * forces, features
 
     def forward(self, batch, create_graph: bool = False) -> dict[str, Tensor]:
-        """energy (B,) eV, forces (Ntot, 3) eV/Å, and pos (Ntot, 3): the leaf the outputs depend on.
+        """energy (B,) eV, forces (Ntot, 3) eV/Å, pos (Ntot, 3): the leaf the outputs depend on, and node_features
+        (Ntot, F): the representation's final atom scalars (for the n2n baseline).
 
         create_graph: keep conservative forces differentiable (needed for Hessian rows and training).
         """
         batch = self.ensure_graph(batch)
         pos = batch.pos.detach().requires_grad_(True)
-        energy, forces, _ = self.outputs(pos, batch, create_graph)
-        return {"energy": energy, "forces": forces, "pos": pos}
+        energy, forces, features = self.outputs(pos, batch, create_graph)
+        return {"energy": energy, "forces": forces, "pos": pos, "node_features": features.scalars}
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
         """Inference: energies (B,) eV and forces (Ntot, 3) eV/Å, detached (same protocol as teachers)."""

@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class LossWeights:
     """λ_U (energy), λ_F (forces), λ_KD (Hessian rows), λ_∇U (energy gradient, direct-force students only),
-    λ_FKD (teacher forces, the paper's force-KD ablation)."""
+    λ_FKD (teacher forces, the paper's force-KD ablation), λ_n2n (teacher node features, the n2n baseline)."""
 
     energy: float = 5.0
     forces: float = 100.0
     hessian: float = 400.0
     energy_grad: float = 0.0
     force_kd: float = 0.0
+    n2n: float = 0.0
 
 
 class DistillModule(L.LightningModule):
@@ -39,20 +40,33 @@ class DistillModule(L.LightningModule):
     teacher: a frozen ``Teacher`` for online mode — it computes teacher energies, forces and the sampled Hessian
     rows of each batch during training instead of reading them from the store. It is kept out of the module's
     parameters and checkpoints.
+    n2n_features: the teacher's node-feature width F_t, for the n2n baseline (weights.n2n > 0): a learned
+    projection P (F_s → F_t, trained with the student, not part of it) maps the student's final atom scalars.
+    a2a_embeddings: {"z": (E,), "table": (E, F_t)} teacher element embeddings for the a2a baseline: the student's
+    element embedding becomes a learned projection of them (kept in the checkpoint's hyper-parameters).
     """
 
     def __init__(self, student: DictConfig | dict, weights: dict | None = None, kd_norm: str = "squared",
                  row_strategy: str = "auto", lr: float = 1e-3, weight_decay: float = 2e-6, amsgrad: bool = True,
                  eps: float = 1e-7, plateau_factor: float = 0.8, plateau_patience: int = 10, min_lr: float = 5e-6,
-                 teacher=None) -> None:
+                 teacher=None, n2n_features: int | None = None, a2a_embeddings: dict | None = None) -> None:
         super().__init__()
         student = OmegaConf.to_container(student, resolve=True) if isinstance(student, DictConfig) else dict(student)
         self.save_hyperparameters({"student": student, "weights": dict(weights or {}), "kd_norm": kd_norm,
                                    "row_strategy": row_strategy, "lr": lr, "weight_decay": weight_decay,
                                    "amsgrad": amsgrad, "eps": eps, "plateau_factor": plateau_factor,
-                                   "plateau_patience": plateau_patience, "min_lr": min_lr})
+                                   "plateau_patience": plateau_patience, "min_lr": min_lr,
+                                   "n2n_features": n2n_features, "a2a_embeddings": a2a_embeddings})
         self.student = hydra.utils.instantiate(student)
         self.weights = LossWeights(**(weights or {}))
+        if a2a_embeddings is not None:
+            self.student.use_teacher_embeddings(torch.as_tensor(a2a_embeddings["z"]),
+                                                torch.as_tensor(a2a_embeddings["table"], dtype=torch.float32))
+        if self.weights.n2n > 0:
+            if not n2n_features:
+                raise ValueError("weights.n2n > 0 needs n2n_features: the teacher's node-feature width")
+            self.n2n_projection = torch.nn.Linear(self.student.representation.hidden_channels, n2n_features,
+                                                  bias=False)
         self.__dict__["teacher"] = teacher.freeze() if teacher is not None else None  # not a registered submodule
         if self.weights.energy_grad > 0 and self.student.force_mode != "direct":
             # F = −∇U already holds exactly for a conservative student: the term would duplicate the force term.
@@ -88,6 +102,9 @@ class DistillModule(L.LightningModule):
             terms["energy_grad"] = losses.force_loss(-grad, batch.forces, batch.batch, n)
         if w.force_kd > 0:
             terms["force_kd"] = losses.force_loss(out["forces"], batch.teacher_forces, batch.batch, n)
+        if w.n2n > 0:
+            terms["n2n"] = losses.node_feature_loss(self.n2n_projection(out["node_features"]),
+                                                    batch.teacher_node_features, batch.batch, n)
         if w.hessian > 0:
             rows = self._student_rows(out, batch, create_graph=True)
             terms["hessian"] = losses.hessian_kd_loss(rows, batch.hess_rows.permute(1, 0, 2), batch.batch, n,
@@ -135,7 +152,8 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.student.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, amsgrad=hp.amsgrad, eps=hp.eps)
+        # the student and, for n2n, its projection (the online teacher is not a registered submodule)
+        opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, amsgrad=hp.amsgrad, eps=hp.eps)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.plateau_factor, patience=hp.plateau_patience,
                                                            min_lr=hp.min_lr)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss_ef"}}
