@@ -39,6 +39,11 @@ def test_mace_features_permute_with_atoms_and_embeddings_are_per_element():
     f = teacher.node_features(make_batch([atoms]))
     f_perm = teacher.node_features(make_batch([atoms[perm]]))
     torch.testing.assert_close(f_perm, f[perm])
+    assert f.shape == (len(atoms), 8)  # the last layer's 8x0e, not the earlier layers' 8x0e+8x1o
+    turned = atoms.copy()
+    turned.rotate(73, (0.3, -1.0, 0.5), center="COM")
+    # invariant (to ~1e-7: e3nn keeps some constants in float32); the l > 0 parts would change by O(1)
+    torch.testing.assert_close(teacher.node_features(make_batch([turned])), f, atol=1e-7, rtol=1e-5)
     z, emb = teacher.element_embeddings()
     assert emb.shape[0] == len(z) and len(set(map(tuple, emb.tolist()))) == len(z)  # one distinct row per element
 

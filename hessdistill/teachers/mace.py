@@ -101,13 +101,15 @@ class MACETeacher(Teacher):
         return out["energy"]
 
     def node_features(self, batch) -> Tensor:
-        """MACE's node features (Ntot, F): its ``node_feats`` output, the invariant features of every interaction
-        layer concatenated, the last layer's at the end (n2n baseline)."""
+        """MACE's final-layer node features (Ntot, F), the input of its last readout (n2n baseline). MACE's
+        ``node_feats`` output concatenates every layer's features, the earlier ones with their l > 0 (equivariant)
+        parts; the last layer's are invariant scalars and come last, so they are sliced off the end."""
         self.check_elements(batch)
         data = self._typed_batch(batch.to(self.device))
         with torch.enable_grad():  # MACE's forward asks for position gradients even when no forces are wanted
             out = self.model(data, training=False, compute_force=False)
-        return out["node_feats"].detach()
+        width = self.model.products[-1].linear.irreps_out.dim
+        return out["node_feats"][:, -width:].detach()
 
     def element_embeddings(self) -> tuple[Tensor, Tensor]:
         """Atomic numbers (E,) and the model's learned element embeddings (E, F) (a2a baseline)."""
