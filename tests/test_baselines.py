@@ -111,6 +111,14 @@ def test_n2n_term_falls_when_trained_alone(mace_feature_store):
     assert history[-1] < 0.3 * history[0]
 
 
+def test_a2a_refuses_a_student_without_an_embedding_table():
+    from hessdistill.models.mace_student import MACEStudent
+
+    student = MACEStudent(atomic_numbers=[1, 8], hidden_channels=4, num_interactions=1, correlation=1)
+    with pytest.raises(ValueError, match="a2a needs a student whose representation has an element embedding"):
+        student.use_teacher_embeddings(torch.tensor([1, 8]), torch.ones(2, 3))
+
+
 def test_baselines_refuse_stores_without_features(labelled_store, tmp_path):
     from hessdistill.cli.train import run
 

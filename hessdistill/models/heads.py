@@ -105,7 +105,10 @@ class ForceField(nn.Module):
     def use_teacher_embeddings(self, z: Tensor, table: Tensor) -> None:
         """a2a: replace the representation's element embedding (its ``embedding``, an nn.Embedding(119, F)) by a
         learned projection of the teacher's element embeddings (z (E,), table (E, F_t))."""
-        old = self.representation.embedding
+        old = getattr(self.representation, "embedding", None)
+        if not isinstance(old, nn.Embedding):
+            raise ValueError(f"a2a needs a student whose representation has an element embedding table "
+                             f"(nn.Embedding); {type(self.representation).__name__} has none")
         self.representation.embedding = ProjectedEmbedding(z, table, old.embedding_dim).to(old.weight)
 
     def set_energy_statistics(self, atom_refs: Tensor, scale: float) -> None:
