@@ -7,7 +7,6 @@ Prints times measured in one run and their ratios (machines are shared: compare 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from ase.build import molecule
@@ -15,6 +14,7 @@ from torch_geometric.data import Batch
 
 from hessdistill import losses
 from hessdistill.data.structures import Structure
+from hessdistill.evaluation.speed import timed
 from hessdistill.hessian import force_jacobian_rows, sample_hessian_rows
 from hessdistill.models.painn import PaiNN
 
@@ -28,18 +28,6 @@ def step(model, batch, rows, strategy):
         j = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy=strategy)
         loss = loss + losses.hessian_kd_loss(j, torch.zeros_like(j), batch.batch, batch.num_graphs)
     loss.backward()
-
-
-def timed(fn, device, repeat):
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
 
 
 def main() -> None:

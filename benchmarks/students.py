@@ -1,8 +1,8 @@
 """Student zoo: inference throughput and the cost of a Hessian-KD training step, per student, in one run.
 
 For each student config (``conf/student/<name>.yaml``, the paper's hyper-parameters) and force mode:
-  - inference structures/s at batch 64 and at the throughput-maximising batch (the batch doubles from 64 until
-    throughput stops improving by 5 %, memory runs out, or --max-batch), on demo molecules (5–12 atoms);
+  - inference structures/s (energies and forces from positions, radius graph included) at batch 64 and at the
+    throughput-maximising batch (``hessdistill.evaluation.speed``), on demo molecules (5–12 atoms);
   - a KD training step (forces + s sampled Hessian rows, backward) at s = 1 and s = 4 relative to an undistilled
     step (forces only) on the same batch (paper, GPU: s = 1 costs 1.6× for PaiNN, 2× for GemNet-dT).
 Machines are shared and noisy: compare the ratios of one run.
@@ -21,10 +21,10 @@ from hydra import compose, initialize_config_dir
 from torch_geometric.data import Batch
 
 from hessdistill.cli.config_path import CONFIG_DIR
-from hessdistill.data.graph import radius_graph
 from hessdistill.data.sources.ase_files import read_ase
+from hessdistill.evaluation.speed import speed_report, timed
 from hessdistill.hessian import sample_hessian_rows
-from row_strategies import step, timed
+from row_strategies import step
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
 
@@ -34,37 +34,6 @@ def build(name: str, force_mode: str, device: torch.device):
         cfg = compose("train", overrides=[f"student={name}", f"student.force_mode={force_mode}"]).student
     torch.manual_seed(0)
     return hydra.utils.instantiate(cfg).to(device), cfg
-
-
-def graph_batch(model, structures, size: int, device: torch.device) -> Batch:
-    """A batch of ``size`` structures (cycled) with each structure's radius graph at the student's cutoff."""
-    data = []
-    for k in range(size):
-        d = structures[k % len(structures)].to_data()
-        d.edge_index, d.edge_shift = radius_graph(d.pos, model.cutoff, model.max_neighbors, d.cell[0], d.pbc[0])
-        data.append(d)
-    return Batch.from_data_list(data).to(device)
-
-
-def inference_rate(model, structures, size: int, device: torch.device, repeat: int) -> float:
-    batch = graph_batch(model, structures, size, device)
-    return size / timed(lambda: model.energy_forces(batch), device, repeat)
-
-
-def best_batch(model, structures, device, repeat, max_batch, rate64: float) -> tuple[int, float]:
-    """Grow the batch from 64 (measured at ``rate64`` structures/s) while throughput improves by ≥ 5 %;
-    returns (batch, structures/s)."""
-    size, rate = 64, rate64
-    while 2 * size <= max_batch:
-        try:
-            bigger = inference_rate(model, structures, 2 * size, device, repeat)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            break
-        if bigger < 1.05 * rate:
-            break
-        size, rate = 2 * size, bigger
-    return size, rate
 
 
 def main() -> None:
@@ -91,9 +60,10 @@ def main() -> None:
         for mode in ("direct", "conservative"):
             model, cfg = build(name, mode, device)
             n_params = sum(q.numel() for q in model.parameters())
-            rate64 = inference_rate(model, structures, 64, device, args.repeat)
-            size, rate = best_batch(model, structures, device, args.repeat, max_batch, rate64)
-            batch = graph_batch(model, structures, args.train_batch, device)
+            speed = speed_report(model, structures, 64, max_batch, args.repeat)
+            rate64, size, rate = speed["structures_per_s"], speed["best_batch"], speed["best_structures_per_s"]
+            batch = model.ensure_graph(Batch.from_data_list([structures[k % len(structures)].to_data()
+                                                             for k in range(args.train_batch)])).to(device)
             base = timed(lambda: step(model, batch, None, "auto"), device, args.repeat)
             ratios = []
             for s in (1, 4):

@@ -180,7 +180,9 @@ def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
     for key in ("test/loss_ef", "test/energy_mae", "test/force_mae", "test/hessian_mae", "test/teacher_force_mae"):
         assert key in test and test[key] == test[key]  # present and not NaN
     assert test["test/force_mae"] > 0 and test["test/hessian_mae"] > 0
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and "averaging_state" in last  # the final epoch's (EMA) weights, not the best epoch's
     assert list((tmp_path / "logs").rglob("metrics.csv"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "run"]  # nothing written elsewhere
 

@@ -88,7 +88,10 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                            **baseline)
     module.student.set_energy_statistics(*dm.energy_statistics())
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay), HalveKDWeight(**cfg.distill.halve_kd),
-                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", save_last=True),
+                 # best.ckpt: lowest validation loss; last.ckpt: the final weights (those the test metrics are of)
+                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", filename="best",
+                                 enable_version_counter=False),
+                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", filename="last", enable_version_counter=False),
                  LearningRateMonitor()]
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=output_dir)

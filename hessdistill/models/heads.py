@@ -130,26 +130,44 @@ class ForceField(nn.Module):
         batch.edge_shift = torch.cat(shifts).to(batch.pos)
         return batch
 
-    def outputs(self, pos: Tensor, batch, create_graph: bool = False) -> tuple[Tensor, Tensor, AtomFeatures]:
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and the representation's features, as functions of ``pos``
-        (Ntot, 3) Å, which must require grad for conservative forces. ``batch`` needs a graph (``ensure_graph``)."""
-        src, dst = batch.edge_index
-        vectors = pos[src] - pos[dst] + batch.edge_shift.to(pos)
-        features = self.representation(batch.z, vectors, batch.edge_index)
-        atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1) + self.atom_refs[batch.z]
-        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
+    def atom_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor,
+                     edge_deform: Tensor | None = None) -> tuple[Tensor, Tensor | None, AtomFeatures]:
+        """Atom energies (N,) eV, direct forces (N, 3) eV/Å (None for a conservative student) and the features,
+        from plain tensors: z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å; edge_deform (E, 3, 3)
+        optionally maps every edge vector r → D r (homogeneous strain, for stress)."""
+        src, dst = edge_index
+        vectors = pos[src] - pos[dst] + edge_shift
+        if edge_deform is not None:
+            vectors = torch.einsum("eij,ej->ei", edge_deform, vectors)
+        features = self.representation(z, vectors, edge_index)
+        atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1) + self.atom_refs[z]
         if self.force_mode == "conservative":
-            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
-            return energy, -grad, features
+            return atom_energy, None, features
         if features.vectors is not None:
             s, v = features.scalars, features.vectors
             for block in self.force_blocks:
                 s, v = block(s, v)
-            return energy, self.scale * v.squeeze(-1), features
+            return atom_energy, self.scale * v.squeeze(-1), features
         unit = vectors / vectors.norm(dim=-1, keepdim=True)
         weights = self.edge_force_head(features.edges)  # (E, 1): force on dst along r̂ = (r_src − r_dst)/d
-        forces = torch.zeros_like(pos).index_add(0, dst, weights * unit)
-        return energy, self.scale * forces, features
+        return atom_energy, self.scale * torch.zeros_like(pos).index_add(0, dst, weights * unit), features
+
+    def outputs(self, pos: Tensor, batch, create_graph: bool = False,
+                strain: Tensor | None = None) -> tuple[Tensor, Tensor, AtomFeatures]:
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and the representation's features, as functions of ``pos``
+        (Ntot, 3) Å, which must require grad for conservative forces. ``batch`` needs a graph (``ensure_graph``).
+        strain: (B, 3, 3) homogeneous deformation ε applied to every edge vector, r → (I + ε) r (for stress)."""
+        deform = None
+        if strain is not None:
+            eye = torch.eye(3, dtype=pos.dtype, device=pos.device)
+            deform = (eye + strain)[batch.batch[batch.edge_index[1]]]
+        atom_energy, forces, features = self.atom_outputs(batch.z, pos, batch.edge_index, batch.edge_shift.to(pos),
+                                                          deform)
+        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
+        if forces is None:
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+            forces = -grad
+        return energy, forces, features
 
     def forward(self, batch, create_graph: bool = False) -> dict[str, Tensor]:
         """energy (B,) eV, forces (Ntot, 3) eV/Å, pos (Ntot, 3): the leaf the outputs depend on, and node_features
@@ -161,6 +179,20 @@ class ForceField(nn.Module):
         pos = batch.pos.detach().requires_grad_(True)
         energy, forces, features = self.outputs(pos, batch, create_graph)
         return {"energy": energy, "forces": forces, "pos": pos, "node_features": features.scalars}
+
+    def energy_forces_stress(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and stress (B, 3, 3) eV/Å³ = (1/V) ∂U/∂ε of periodic structures
+        (ASE's sign convention), detached. The stress is the derivative of the student's energy, also for a
+        direct-force student."""
+        batch = self.ensure_graph(batch)
+        with torch.enable_grad():
+            pos = batch.pos.detach().requires_grad_(True)
+            strain = torch.zeros(batch.num_graphs, 3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+            energy, forces, _ = self.outputs(pos, batch, create_graph=True, strain=strain)
+            (d_strain,) = torch.autograd.grad(energy.sum(), strain)
+        volume = torch.linalg.det(batch.cell.to(pos)).abs()
+        stress = d_strain / volume[:, None, None]
+        return energy.detach(), forces.detach(), 0.5 * (stress + stress.transpose(1, 2))
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
         """Inference: energies (B,) eV and forces (Ntot, 3) eV/Å, detached (same protocol as teachers)."""
