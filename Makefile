@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/hessdistill-demo
 
+# the notebooks run top to bottom in a real kernel (nbmake) beside the test suite
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --nbmake tests notebooks
 
 clean:
 	rm -rf outputs multirun stores lightning_logs .pytest_cache

@@ -237,3 +237,37 @@ def test_cli_multirun_subprocess(labelled_store, tmp_path):
         assert m["distill"] in name and m["epochs"] == 1 and m["lambda_kd_final"] == 0.0
         assert "test/hessian_mae" in m["test"]  # the teacher's rows are still evaluated when present
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun"]
+
+
+def test_resume_from_checkpoint_reproduces_the_metric_curve(labelled_store, tmp_path, monkeypatch):
+    """4 epochs in one go == 2 epochs, stop, resume from last.ckpt to 4 (order, rows, EMA, optimiser, λ_KD)."""
+    import csv
+
+    from hessdistill.cli.train import run
+
+    monkeypatch.chdir(tmp_path)
+
+    def cfg(out, epochs, *extra):
+        return compose_train(["experiment=demo", f"subset.store={labelled_store}", f"trainer.max_epochs={epochs}",
+                              "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
+                              "graph_backend=torch", f"logger.0.save_dir={tmp_path / out}", "ema_decay=0.9",
+                              *TINY_OVERRIDES, *extra])
+
+    def val_curve(out):
+        (path,) = (tmp_path / out).rglob("metrics.csv")
+        rows = [r for r in csv.DictReader(open(path)) if r.get("val/loss_ef")]
+        return {int(r["epoch"]): float(r["val/loss_ef"]) for r in rows}
+
+    straight = run(cfg("a", 4), str(tmp_path / "a"))
+    run(cfg("b", 2), str(tmp_path / "b"))
+    resumed = run(cfg("c", 4, f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"), str(tmp_path / "c"))
+    a, c = val_curve("a"), val_curve("c")
+    assert sorted(a) == [0, 1, 2, 3] and sorted(c) == [2, 3]  # the resumed run starts at epoch 2
+    for epoch in (2, 3):
+        assert c[epoch] == pytest.approx(a[epoch], rel=1e-5)
+    for key, value in straight["test"].items():
+        assert resumed["test"][key] == pytest.approx(value, rel=1e-5), key
+    assert a[3] != a[2]  # the curve moves, so equality is not trivial
+    info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"]["torch"] == torch.__version__
+    assert "git_commit" in info and "argv" in info

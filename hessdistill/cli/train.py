@@ -3,8 +3,10 @@
     hessdistill-train experiment=demo distill=hessian
     hessdistill-train --multirun experiment=demo distill.lambda_kd=100,400
 
-Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher) and ``splits.json`` (the exact
-split; point ``subset.split_file`` at it to reuse it) into the run directory. The subset's store is built first
+Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
+split; point ``subset.split_file`` at it to reuse it) and ``run_info.json`` (git commit, package versions) into the
+run directory, beside Hydra's ``.hydra/config.yaml``. ``ckpt_path=…/last.ckpt`` resumes a run where it stopped
+(weights, optimiser, EMA, λ_KD halvings; shuffles and rows are seeded per epoch), reproducing its curve. The subset's store is built first
 if it does not exist.
 """
 
@@ -65,6 +67,38 @@ def baseline_inputs(cfg: DictConfig, n2n: bool, a2a: bool) -> dict:
     return out
 
 
+def write_run_info(output_dir: Path) -> dict:
+    """``run_info.json`` beside Hydra's saved config: git commit (and whether the tree was dirty), package versions,
+    host and command line, so every number can be traced to the code that made it."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {}
+    for name in ("hessdistill", "torch", "lightning", "torch-geometric", "hydra-core", "numpy", "h5py", "ase",
+                 "torchani", "mace-torch", "e3nn", "chgnet", "torch-cluster"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    status = git("status", "--porcelain")
+    info = {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+            "packages": versions, "python": sys.version.split()[0], "host": platform.node(), "argv": sys.argv}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.teacher_mode not in ("precomputed", "online"):
@@ -80,7 +114,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                          max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
                          num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online",
                          split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"),
-                         node_features=n2n)
+                         node_features=n2n, seed=cfg.seed)
     dm.write_split_file(Path(output_dir) / "splits.json")
     module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
                            kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
@@ -95,7 +129,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                  LearningRateMonitor()]
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=output_dir)
-    trainer.fit(module, datamodule=dm)
+    write_run_info(Path(output_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
               "epochs": trainer.current_epoch, "lambda_kd_final": module.weights.hessian}
     if cfg.test:

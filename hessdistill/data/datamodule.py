@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
 from hessdistill.data.graph import radius_graph
@@ -31,34 +31,68 @@ def _sample_rows(available: torch.Tensor, s: int, generator: torch.Generator | N
     return available[torch.randperm(len(available), generator=generator)[:s]].unsqueeze(0)
 
 
+def epoch_seed(*keys: int) -> int:
+    """A 63-bit seed from non-negative keys, e.g. (run seed, epoch) for the order or (run seed, epoch, structure)
+    for its rows: independent streams, the same on every resume."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSampler(Sampler):
+    """Training order: a permutation seeded by (seed, epoch), yielding (position, epoch) keys so that the dataset can
+    seed each structure's Hessian-row draw the same way. Lightning calls ``set_epoch`` before every epoch (also
+    after resuming from a checkpoint), so a resumed run sees exactly the batches and rows it would have seen."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+        return iter([(int(k), self.epoch) for k in order])
+
+
 class StoreDataset(Dataset):
     """Items of a store as PyG Data with graph, teacher labels and s sampled Hessian rows.
 
     teacher: the store's teacher group to read labels and rows from, or None. online: sample s row indices
     over all 3N rows (``hess_row`` only) for a teacher that computes them during training; no teacher labels read.
     node_features: also read the teacher's node features, teacher_node_features (N, F_t) (n2n baseline).
-    fixed_rows_seed: None samples fresh rows each access from the worker's RNG (training; reproducible under
-    Lightning's seed_everything); an int gives each structure the same rows every epoch (validation/test).
+    fixed_rows_seed: an int gives each structure the same rows every epoch (validation/test); None draws fresh rows:
+    seeded by (rows_seed, epoch, structure) for (k, epoch) keys from ``EpochSampler`` (training), else from torch's
+    global generator.
     """
 
     def __init__(self, store: HessianStore, indices: np.ndarray, teacher: str | None, rows: int, cutoff: float,
                  max_neighbors: int, graph_backend: str = "auto", dtype: torch.dtype = torch.float32,
-                 fixed_rows_seed: int | None = None, online: bool = False, node_features: bool = False) -> None:
+                 fixed_rows_seed: int | None = None, online: bool = False, node_features: bool = False,
+                 rows_seed: int = 0) -> None:
         self.store, self.indices, self.teacher, self.rows = store, np.asarray(indices), teacher, rows
-        self.node_features = node_features
+        self.node_features, self.rows_seed = node_features, rows_seed
         self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
         self.fixed_rows_seed, self.online = fixed_rows_seed, online
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, key):
+        """key: a position k, or (k, epoch) from ``EpochSampler`` (rows seeded by rows_seed, epoch and structure)."""
+        k, epoch = key if isinstance(key, tuple) else (key, None)
         i = int(self.indices[k])
         data = self.store.structure(i).to_data(self.dtype)
         data.idx = torch.tensor([i])
         data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
                                                         data.pbc[0], self.graph_backend)
-        gen = None if self.fixed_rows_seed is None else torch.Generator().manual_seed(self.fixed_rows_seed + i)
+        if self.fixed_rows_seed is not None:
+            gen = torch.Generator().manual_seed(self.fixed_rows_seed + i)
+        elif epoch is not None:
+            gen = torch.Generator().manual_seed(epoch_seed(self.rows_seed, epoch, i))
+        else:
+            gen = None
         if self.online and self.rows > 0:
             data.hess_row = _sample_rows(torch.arange(3 * data.num_nodes), self.rows, gen, f"{self.store.path}[{i}]")
         elif self.teacher is not None:
@@ -83,19 +117,20 @@ class StoreDataModule(L.LightningDataModule):
     belong to this store), else written there, so every later run uses exactly the same split.
     online: the teacher runs during training (``DistillModule(teacher=...)``); items carry sampled row indices only.
     node_features: items also carry the teacher's node features (the store must have them: features=true).
+    seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
     """
 
     def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
                  eval_rows: int = 4, dtype: str = "float32", online: bool = False, split_by: str | None = None,
-                 split_file: str | None = None, node_features: bool = False) -> None:
+                 split_file: str | None = None, node_features: bool = False, seed: int = 0) -> None:
         super().__init__()
         self.store_path, self.teacher, self.rows = store, teacher, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
         self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
-        self.eval_rows, self.online, self.node_features = eval_rows, online, node_features
+        self.eval_rows, self.online, self.node_features, self.seed = eval_rows, online, node_features, seed
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
         self.splits = self._make_splits(split_file)
@@ -128,10 +163,11 @@ class StoreDataModule(L.LightningDataModule):
         return StoreDataset(self.store, self.splits[name], self.teacher, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
                             fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed), online=self.online,
-                            node_features=self.node_features)
+                            node_features=self.node_features, rows_seed=self.seed)
 
     def train_dataloader(self):
-        return DataLoader(self.dataset("train"), batch_size=self.batch_size, shuffle=True, drop_last=False,
+        dataset = self.dataset("train")
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed), drop_last=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
