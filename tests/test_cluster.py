@@ -50,3 +50,50 @@ def test_sweep_runs_through_submitit_local_executor(labelled_store, tmp_path):
     metrics = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("metrics.json")}
     assert sorted(metrics) == ["demo_hcno-hessian-1", "demo_hcno-undistilled-0"]
     assert list(sweep.glob(".submitit/*"))  # the jobs went through submitit
+
+
+def test_epoch_sampler_shards_the_same_order_across_ranks(monkeypatch):
+    from hessdistill.data.datamodule import EpochSampler
+
+    single = EpochSampler(10, seed=3)
+    single.set_epoch(2)
+    order = [k for k, epoch in single]
+    assert sorted(order) == list(range(10)) and {epoch for _, epoch in single} == {2}
+    shards = []
+    for rank in range(3):
+        monkeypatch.setattr(EpochSampler, "_rank_world", staticmethod(lambda rank=rank: (rank, 3)))
+        sampler = EpochSampler(10, seed=3)
+        sampler.set_epoch(2)
+        shards.append([k for k, _ in sampler])
+        assert len(sampler) == len(shards[-1]) == 4  # 10 padded to 12 by wrapping: equal batches on every rank
+    # rank r takes every 3rd entry of the same order, so batch k of the ranks together is batch k of one process
+    assert [shards[r][j] for j in range(4) for r in range(3)] == (order + order[:2])
+    single.set_epoch(3)
+    assert [k for k, _ in single] != order  # a new order every epoch
+
+
+def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(labelled_store, tmp_path):
+    """trainer=ddp, 2 CPU processes (gloo) with batch 4 each vs 1 process with batch 8: same curve and result."""
+    import csv
+
+    common = [sys.executable, "-m", "hessdistill.cli.train", "experiment=demo", f"subset.store={labelled_store}",
+              "trainer.max_epochs=3", "subset.split=[0.5,0.25,0.25]", "subset.rows=2", "graph_backend=torch",
+              "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0",
+              "ema_decay=0.9", "trainer.enable_progress_bar=false"]
+    runs = {"single": ["subset.batch_size=8"],
+            "ddp": ["subset.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for name, extra in runs.items():
+        proc = subprocess.run([*common, *extra, f"hydra.run.dir={tmp_path / name}"], cwd=tmp_path, capture_output=True,
+                              text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (log,) = (tmp_path / name).rglob("metrics.csv")
+        curve = {int(r["epoch"]): float(r["val/loss_ef"]) for r in csv.DictReader(open(log)) if r.get("val/loss_ef")}
+        results[name] = (curve, json.loads((tmp_path / name / "metrics.json").read_text())["test"])
+    (curve_1, test_1), (curve_2, test_2) = results["single"], results["ddp"]
+    assert sorted(curve_1) == sorted(curve_2) == [0, 1, 2] and curve_1[2] != curve_1[0]
+    for epoch in curve_1:
+        assert curve_2[epoch] == pytest.approx(curve_1[epoch], rel=1e-5)
+    for key, value in test_1.items():
+        assert test_2[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

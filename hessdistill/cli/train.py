@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.cli.config_path import CONFIG_DIR
@@ -115,7 +116,9 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                          num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online",
                          split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"),
                          node_features=n2n, seed=cfg.seed)
-    dm.write_split_file(Path(output_dir) / "splits.json")
+    main_process = rank_zero_only.rank == 0  # under DDP every rank runs this function; one writes the files
+    if main_process:
+        dm.write_split_file(Path(output_dir) / "splits.json")
     module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
                            kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
                            teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None,
@@ -129,15 +132,17 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                  LearningRateMonitor()]
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=output_dir)
-    write_run_info(Path(output_dir))
+    if main_process:
+        write_run_info(Path(output_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
               "epochs": trainer.current_epoch, "lambda_kd_final": module.weights.hessian}
     if cfg.test:
         (test,) = trainer.test(module, datamodule=dm, verbose=False)
         result["test"] = {k: float(v) for k, v in test.items()}
-    Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
-    log.info("metrics written to %s", Path(output_dir, "metrics.json"))
+    if trainer.is_global_zero:
+        Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
+        log.info("metrics written to %s", Path(output_dir, "metrics.json"))
     return result
 
 

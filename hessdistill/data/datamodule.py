@@ -40,7 +40,12 @@ def epoch_seed(*keys: int) -> int:
 class EpochSampler(Sampler):
     """Training order: a permutation seeded by (seed, epoch), yielding (position, epoch) keys so that the dataset can
     seed each structure's Hessian-row draw the same way. Lightning calls ``set_epoch`` before every epoch (also
-    after resuming from a checkpoint), so a resumed run sees exactly the batches and rows it would have seen."""
+    after resuming from a checkpoint), so a resumed run sees exactly the batches and rows it would have seen.
+
+    Under DDP (torch.distributed initialised) rank r of w takes every w-th entry from r of the permutation, padded
+    by wrapping to a multiple of w: with a per-rank batch of b, the w ranks' k-th batches together are exactly the
+    k-th batch of b·w a single process would see, and every rank has the same number of equal-sized batches (so
+    averaging the ranks' per-structure means gives the global mean)."""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
@@ -48,12 +53,21 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.n
+        return -(-self.n // self._rank_world()[1])
 
     def __iter__(self):
+        rank, world = self._rank_world()
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
-        return iter([(int(k), self.epoch) for k in order])
+        padded = torch.cat([order, order[: len(self) * world - self.n]])
+        return iter([(int(k), self.epoch) for k in padded[rank::world]])
 
 
 class StoreDataset(Dataset):
