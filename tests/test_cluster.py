@@ -97,3 +97,21 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(label
         assert curve_2[epoch] == pytest.approx(curve_1[epoch], rel=1e-5)
     for key, value in test_1.items():
         assert test_2[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+def test_wandb_logger_runs_offline_beside_csv(labelled_store, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from hessdistill.cli.train import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=demo", "logger=wandb", f"subset.store={labelled_store}",
+                                          "trainer.max_epochs=1", "subset.batch_size=8", "graph_backend=torch",
+                                          f"logger.0.save_dir={tmp_path / 'run'}", f"logger.1.save_dir={tmp_path / 'run'}",
+                                          "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8",
+                                          "student.cutoff=4.0"])
+    assert cfg.logger[1].offline is True
+    run(cfg, str(tmp_path / "run"))
+    assert list((tmp_path / "run").rglob("offline-run-*"))  # a wandb run to `wandb sync` later
+    assert list((tmp_path / "run").rglob("metrics.csv"))
