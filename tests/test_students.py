@@ -52,6 +52,13 @@ def graph_batch(model, atoms_list):
     return batch
 
 
+def kd_loss(model, batch, rows, target, strategy):
+    """The Hessian-KD term of a training step (create_graph: differentiable w.r.t. the parameters)."""
+    out = model(batch, create_graph=True)
+    student = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy=strategy)
+    return losses.hessian_kd_loss(student, target, batch.batch, batch.num_graphs)
+
+
 def force_fn(model, batch):
     def forces(pos):
         pos = pos if pos.requires_grad else pos.detach().requires_grad_(True)
@@ -87,9 +94,7 @@ def test_kd_loss_parameter_gradient_matches_finite_differences(name, force_mode)
     target = torch.randn(2, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
     def loss():
-        out = model(batch, create_graph=True)
-        student = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy="loop")
-        return losses.hessian_kd_loss(student, target, batch.batch, batch.num_graphs)
+        return kd_loss(model, batch, rows, target, "loop")
 
     params = [p for n, p in model.representation.named_parameters() if p.dim() == 2 and "embedding" not in n]
     checked = 0
@@ -123,9 +128,7 @@ def test_kd_parameter_gradients_through_vmap_equal_the_loop(name, force_mode):
     grads, fallbacks = {}, VMAP_FALLBACKS["count"]
     for strategy in ("loop", "vmap"):
         model.zero_grad()
-        out = model(batch, create_graph=True)
-        student = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy=strategy)
-        losses.hessian_kd_loss(student, target, batch.batch, batch.num_graphs).backward()
+        kd_loss(model, batch, rows, target, strategy).backward()
         grads[strategy] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     torch.testing.assert_close(grads["vmap"], grads["loop"], atol=1e-10, rtol=1e-8)
     assert grads["loop"].abs().max() > 0

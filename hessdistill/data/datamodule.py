@@ -157,9 +157,9 @@ class StoreDataModule(L.LightningDataModule):
                                  f" finish precompute first")
 
     def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
-        fingerprint = self.store.fingerprint()
+        self.fingerprint = self.store.fingerprint()  # reads every position once; reused by write_split_file
         if split_file is not None and Path(split_file).exists():
-            return read_split_file(split_file, fingerprint, len(self.store))
+            return read_split_file(split_file, self.fingerprint, len(self.store))
         groups = None if self.split_by is None else self.store.info_values(self.split_by)
         splits = split_indices(len(self.store), self.split_sizes, self.split_seed, groups)
         if split_file is not None:
@@ -168,7 +168,7 @@ class StoreDataModule(L.LightningDataModule):
 
     def write_split_file(self, path: str | Path, splits: dict[str, np.ndarray] | None = None) -> None:
         """Record the split (indices, store fingerprint, sizes, seed, split_by) as JSON at ``path``."""
-        write_split_file(path, self.splits if splits is None else splits, self.store.fingerprint(),
+        write_split_file(path, self.splits if splits is None else splits, self.fingerprint,
                          store=str(self.store_path), n_structures=len(self.store), split=list(self.split_sizes),
                          seed=self.split_seed, split_by=self.split_by)
 

@@ -79,3 +79,15 @@ def radius_graph(pos: Tensor, cutoff: float, max_neighbors: int = 50, cell: Tens
     dist = (pos[edge_index[0]] - pos[edge_index[1]] + shift).norm(dim=-1)
     keep = _cap_neighbors(edge_index, dist, pos.shape[0], max_neighbors)
     return edge_index[:, keep], shift[keep]
+
+
+def batch_radius_graph(batch, cutoff: float, max_neighbors: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Radius graphs of every structure of a PyG batch (pos (Ntot, 3) Å, ptr, cell (B, 3, 3), pbc (B, 3)), joined:
+    edge_index (2, E) into the batch's atoms and edge_shift (E, 3) Å, on the device and dtype of ``batch.pos``."""
+    edges, shifts = [], []
+    for g in range(batch.num_graphs):
+        a, b = int(batch.ptr[g]), int(batch.ptr[g + 1])
+        e, sh = radius_graph(batch.pos[a:b].detach(), cutoff, max_neighbors, batch.cell[g], batch.pbc[g], backend)
+        edges.append(e + a)
+        shifts.append(sh)
+    return torch.cat(edges, dim=1).to(batch.pos.device), torch.cat(shifts).to(batch.pos)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
-from hessdistill.data.graph import radius_graph
+from hessdistill.data.graph import batch_radius_graph
 
 META = "hessdistill.json"
 
@@ -65,14 +65,9 @@ class ExportedStudent(nn.Module):
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
         pos = batch.pos.to(self._dtype_probe.dtype).detach().requires_grad_(self.force_mode == "conservative")
-        edges, shifts = [], []
-        for g in range(batch.num_graphs):
-            a, b = int(batch.ptr[g]), int(batch.ptr[g + 1])
-            e, sh = radius_graph(pos[a:b].detach(), self.cutoff, self.max_neighbors, batch.cell[g], batch.pbc[g])
-            edges.append(e + a)
-            shifts.append(sh)
+        edge_index, edge_shift = batch_radius_graph(batch, self.cutoff, self.max_neighbors)
         with torch.enable_grad():
-            out = self.program(batch.z, pos, torch.cat(edges, dim=1), torch.cat(shifts).to(pos))
+            out = self.program(batch.z, pos, edge_index, edge_shift.to(pos))
             energy = torch.zeros(batch.num_graphs, dtype=pos.dtype).index_add(0, batch.batch, out[0])
             if self.force_mode == "conservative":
                 (grad,) = torch.autograd.grad(energy.sum(), pos)

@@ -11,6 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def parity_plot(path: str | Path, arrays: dict, metrics: dict, title: str = "") -> Path:
     """Energy per atom (meV/atom) and force component (eV/Å) parity of student (and teacher) vs reference."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
@@ -32,11 +40,7 @@ def parity_plot(path: str | Path, arrays: dict, metrics: dict, title: str = "") 
         ax.set_ylabel(f"predicted {label}")
         ax.legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def spectrum_plot(path: str | Path, spectra: list[dict], title: str = "") -> Path:
@@ -51,11 +55,7 @@ def spectrum_plot(path: str | Path, spectra: list[dict], title: str = "") -> Pat
     ax.set_ylabel("student wavenumber (cm⁻¹)")
     ax.legend(fontsize=7)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def md_plot(path: str | Path, md: dict, max_deviation: float = 0.5) -> Path:
@@ -84,8 +84,4 @@ def md_plot(path: str | Path, md: dict, max_deviation: float = 0.5) -> Path:
         axes[0, 1].set_ylabel("total energy change (meV/atom)")
         axes[0, 1].set_title("NVE energy conservation")
         axes[0, 1].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

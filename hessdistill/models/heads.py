@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hessdistill.data.graph import radius_graph
+from hessdistill.data.graph import batch_radius_graph
 
 ForceMode = Literal["direct", "conservative"]
 
@@ -120,14 +120,7 @@ class ForceField(nn.Module):
         """Add edge_index/edge_shift (radius graph at this student's cutoff) to a batch that has none."""
         if getattr(batch, "edge_index", None) is not None:
             return batch
-        edges, shifts = [], []
-        for g in range(batch.num_graphs):
-            a, b = int(batch.ptr[g]), int(batch.ptr[g + 1])
-            e, sh = radius_graph(batch.pos[a:b], self.cutoff, self.max_neighbors, batch.cell[g], batch.pbc[g])
-            edges.append(e + a)
-            shifts.append(sh)
-        batch.edge_index = torch.cat(edges, dim=1).to(batch.pos.device)
-        batch.edge_shift = torch.cat(shifts).to(batch.pos)
+        batch.edge_index, batch.edge_shift = batch_radius_graph(batch, self.cutoff, self.max_neighbors)
         return batch
 
     def atom_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor,
