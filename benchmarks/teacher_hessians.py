@@ -32,6 +32,7 @@ from torch_geometric.data import Batch
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.hessian import force_jacobian_rows, sample_hessian_rows
+from hessdistill.lane_memory import MemoryBudget
 from hessdistill.precompute import precompute_teacher, size_sorted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,10 +142,20 @@ def describe_mace_vmap(log) -> str:
 
 
 # ---- methods: each returns a list of (3N, 3N) float64 CPU Hessians in structure order ------------------------
+def chunk_arg(value: str) -> int | str | None:
+    """--chunk-size: "auto", "all" (None) or a number of lanes."""
+    return value if value == "auto" else None if value == "all" else int(value)
+
+
+def lane_chunks(chunk_size):
+    """``teacher.hessians``'s chunk argument for a --chunk-size value (precompute_teacher takes the value itself)."""
+    return MemoryBudget() if chunk_size == "auto" else chunk_size
+
+
 def ours(teacher, batches, chunk_size, strategy):
     out = []
     for b in batches:
-        out += [h.cpu() for h in teacher.hessians(b, chunk_size=chunk_size, strategy=strategy)[2]]
+        out += [h.cpu() for h in teacher.hessians(b, chunk_size=lane_chunks(chunk_size), strategy=strategy)[2]]
     return out
 
 
@@ -198,7 +209,8 @@ def main() -> None:
     p.add_argument("--n-structures", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--repeat", type=int, default=1, help="timed rounds after a warm-up (best of)")
-    p.add_argument("--chunk-size", type=int, default=None, help="lanes per batched VJP (default: all at once)")
+    p.add_argument("--chunk-size", type=chunk_arg, default="auto",
+                   help="lanes per batched VJP: auto (half the free memory, as hessdistill-precompute), N, or all")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: 1 on CPU)")
     p.add_argument("--data", default=str(DEMO))
     p.add_argument("--mace-whole-batch", action="store_true",
@@ -347,7 +359,7 @@ def main() -> None:
     rows = {k: sample_hessian_rows(counts.cpu(), k, gen) for k in (1, 4)}
     rep = max(args.repeat, 3)  # these calls are short: a few repeats steady them
     t_fwd, _ = timed(forward, device, rep)
-    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=args.chunk_size, strategy="vmap")[2], device, rep)
+    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=lane_chunks(args.chunk_size), strategy="vmap")[2], device, rep)
     line = []
     for k in (1, 4):
         t_k, jac = timed(rows_fn(k), device, rep)

@@ -13,11 +13,14 @@ max_i 3N_i VJPs for the whole batch. Lanes are laid out as (L, Ntot, 3).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Callable, Literal
 
 import torch
 from torch import Tensor
+
+from hessdistill.lane_memory import LaneChunker
 
 RowStrategy = Literal["auto", "loop", "vmap"]
 log = logging.getLogger(__name__)
@@ -110,27 +113,46 @@ def force_jacobian_rows(
 
 
 def batched_hessians(
-    forces: Tensor, pos: Tensor, ptr: Tensor, chunk_size: int | None = None, strategy: RowStrategy = "auto"
+    forces: Tensor, pos: Tensor, ptr: Tensor, chunk_size: int | LaneChunker | None = None,
+    strategy: RowStrategy = "auto",
 ) -> list[Tensor]:
     """Full Hessians H_i = −∂F/∂r of every structure in a batch with max_i 3N_i lanes.
 
     forces: (Ntot, 3) differentiable w.r.t. pos (Ntot, 3) (computed with create_graph=True).
-    chunk_size: lanes per VJP batch (None: all at once). Returns a list of B tensors (3N_i, 3N_i) eV/Å², detached.
+    chunk_size: lanes per VJP batch (None: all at once), or a ``LaneChunker`` that sizes each chunk from a memory
+    budget. Returns a list of B tensors (3N_i, 3N_i) eV/Å², detached.
     strategy "auto" is "vmap" on every device: with tens of lanes one batched backward beats a loop on CPU too
     (benchmarks/teacher_hessians.py, one structure per call: ANI-1x 4.8×, the small MACE test model 1.4×).
     """
     n_rows = 3 * (ptr[1:] - ptr[:-1])
     width = int(n_rows.max())
-    chunk = width if chunk_size is None else max(1, int(chunk_size))
+    if not isinstance(chunk_size, LaneChunker):
+        chunk_size = _FixedChunks(width if chunk_size is None else max(1, int(chunk_size)))
     strategy = "vmap" if strategy == "auto" else resolve_strategy(strategy, pos.device)
-    blocks = []
-    for start in range(0, width, chunk):
-        k = torch.arange(start, min(start + chunk, width), device=pos.device)
+    blocks, start = [], 0
+    while start < width:
+        chunk = chunk_size.size(width - start)
+        k = torch.arange(start, start + chunk, device=pos.device)
         rows = torch.where(k[None, :] < n_rows[:, None], k[None, :], -1)
         lanes = row_lanes(rows, ptr, dtype=forces.dtype)
-        blocks.append(vjp_lanes(forces, pos, lanes, create_graph=False, strategy=strategy).detach())
+        with chunk_size.measure(chunk):
+            blocks.append(vjp_lanes(forces, pos, lanes, create_graph=False, strategy=strategy).detach())
+        start += chunk
     jac = torch.cat(blocks).flatten(1)  # (width, 3·Ntot): lane k = row k of every structure
     return [-jac[: 3 * (b - a), 3 * a : 3 * b] for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist())]
+
+
+class _FixedChunks:
+    """A fixed number of lanes per chunk (the ``LaneChunker`` interface without a budget)."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+
+    def size(self, remaining: int) -> int:
+        return min(self.lanes, remaining)
+
+    def measure(self, lanes: int) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
 
 
 def rows_to_atom_layout(rows: Tensor) -> Tensor:

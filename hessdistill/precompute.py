@@ -17,16 +17,17 @@ from torch_geometric.data import Batch
 from tqdm import tqdm
 
 from hessdistill.data.store import HessianStore
+from hessdistill.lane_memory import MemoryBudget
 from hessdistill.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
 
 
-def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | str = 8, chunk_size: int | None = None,
-                       strategy: str = "auto", symmetry_tol: float = 1e-3, progress: bool = True,
-                       layout: str = "full", dtype: str = "float32", rows_per_structure: int | None = None,
-                       seed: int = 0, indices: np.ndarray | None = None, features: bool = False,
-                       max_batch: int = 64) -> dict:
+def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | str = 8,
+                       chunk_size: int | str | None = "auto", strategy: str = "auto", symmetry_tol: float = 1e-3,
+                       progress: bool = True, layout: str = "full", dtype: str = "float32",
+                       rows_per_structure: int | None = None, seed: int = 0, indices: np.ndarray | None = None,
+                       features: bool = False, max_batch: int = 64, memory_budget_gib: float | None = None) -> dict:
     """Fill ``/teachers/<teacher.name>`` for structures not yet done. Returns counts and the worst asymmetry.
 
     layout/dtype: Hessian storage (see ``HessianStore.create_teacher``). Layout "rows" computes only
@@ -36,7 +37,11 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     features: also store the teacher's node features and (where it has them) element embeddings.
     batch_size: structures per teacher call, or "auto": ``BatchSizer`` probes 1, 2, 4, … up to ``max_batch`` on the
     real work and keeps the fastest (on a CPU one MACE structure per call can beat batches; on a GPU large
-    batches win). On CUDA out-of-memory the batch (then the VJP chunk) is halved and the batch retried.
+    batches win).
+    chunk_size: VJP lanes per chunk of a full-Hessian call; None: all max_i 3N_i at once; "auto": as many as fit in
+    ``memory_budget_gib`` GiB (None: half the device's free memory at each call), estimated from each batch's
+    graph (``hessdistill.lane_memory``). On CUDA out-of-memory the batch, then the chunk (or the memory budget), is
+    halved and the batch retried.
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
     """
@@ -50,6 +55,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     if features and len(todo):
         _create_features(store, teacher, int(todo[0]))
     worst = 0.0
+    chunk = MemoryBudget(gib=memory_budget_gib) if chunk_size == "auto" else chunk_size
     sizer = BatchSizer(batch_size, max_batch)
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
     start = 0
@@ -67,17 +73,17 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
                                     [:rows_per_structure] for d, i in zip(data, idx)])
                 energy, forces, lanes = teacher.hessian_rows(batch, rows, strategy)
             else:
-                energy, forces, hessians = teacher.hessians(batch, chunk_size, strategy)
+                energy, forces, hessians = teacher.hessians(batch, chunk, strategy)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if len(idx) > 1:
                 sizer.shrink(len(idx))
-            elif layout != "rows" and (chunk_size is None or chunk_size > 1):
-                chunk_size = max(1, (chunk_size or 3 * len(data[0].z)) // 2)
+            elif layout != "rows" and (smaller := smaller_chunk(chunk, teacher, 3 * len(data[0].z))) is not None:
+                chunk = smaller
             else:
                 raise
             log.warning("CUDA out of memory on %d structure(s); retrying with batch size %d, chunk size %s",
-                        len(idx), sizer.next_size(), chunk_size or "all")
+                        len(idx), sizer.next_size(), chunk or "all")
             continue
         if sizer.tuning:
             if batch.pos.is_cuda:
@@ -105,7 +111,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
         bar.update(len(idx))
     bar.close()
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst, "batch_size": sizer.next_size(),
-            "batch_rates": sizer.rates}
+            "batch_rates": sizer.rates, "chunk_size": str(chunk) if chunk is not None else "all"}
 
 
 def _create_features(store: HessianStore, teacher: Teacher, probe: int) -> None:
@@ -118,6 +124,15 @@ def _create_features(store: HessianStore, teacher: Teacher, probe: int) -> None:
         log.info("%s; storing node features only", exc)
         z = embeddings = None
     store.create_features(teacher.name, width, z, embeddings)
+
+
+def smaller_chunk(chunk: int | MemoryBudget | None, teacher: Teacher, width: int) -> int | MemoryBudget | None:
+    """After an out-of-memory error on one structure of ``width`` Hessian rows: half the chunk, or half the memory
+    budget while the failed call ran chunks of more than one lane; None when already at one lane."""
+    if isinstance(chunk, MemoryBudget):
+        return chunk.halved() if max(teacher.last_chunk_sizes or [1]) > 1 else None
+    lanes = width if chunk is None else chunk
+    return lanes // 2 if lanes > 1 else None
 
 
 def size_sorted(n_atoms: np.ndarray) -> np.ndarray:

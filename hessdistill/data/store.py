@@ -29,6 +29,7 @@ A teacher's rows are only trusted where ``done`` is set, so an interrupted preco
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -44,6 +45,7 @@ from hessdistill.data.structures import Structure
 FORMAT = "hessdistill-store"
 LAYOUTS = ("full", "upper", "rows")
 VERSION = 1
+BLOCK_READ = 2**16  # a full-layout Hessian block up to this many values is read whole (256 KiB of float32)
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
 
 
@@ -54,6 +56,14 @@ def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dat
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return group.create_dataset(name, shape, dtype, dcpl=dcpl)
+
+
+@functools.lru_cache(maxsize=64)
+def _triangle(width: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Indices of the upper triangle of a (width, width) matrix row by row (the "upper" layout's order), and the
+    same entries' mirror images (i, j) → (j, i)."""
+    i, j = np.triu_indices(width)
+    return (i, j), (j, i)
 
 
 class StoreError(ValueError):
@@ -104,6 +114,7 @@ class HessianStore:
             raise StoreError(f"store not found: {self.path}")
         self.mode = mode
         self._file: h5py.File | None = None
+        self._readers: dict[str, dict] = {}
         self._pid = os.getpid()
         f = self.file
         if f.attrs.get("format") != FORMAT:
@@ -116,12 +127,14 @@ class HessianStore:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, self.mode)
             self._pid = os.getpid()
+            self._readers = {}
         return self._file
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._readers = {}
 
     def __enter__(self) -> "HessianStore":
         return self
@@ -131,7 +144,7 @@ class HessianStore:
 
     def __getstate__(self):  # h5py handles cannot be pickled into spawned workers: reopen there
         state = dict(self.__dict__)
-        state["_file"] = None
+        state["_file"], state["_readers"] = None, {}
         return state
 
     def __len__(self) -> int:
@@ -144,12 +157,20 @@ class HessianStore:
     def structure(self, i: int) -> Structure:
         """Structure i with its reference labels (eV, Å, eV/Å)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        g = self.file["structures"]
+        g = self._structure_reader()
         return Structure(
             z=g["z"][a:b], positions=g["positions"][a:b], cell=g["cell"][i], pbc=g["pbc"][i],
             energy=float(g["energy"][i]), forces=g["forces"][a:b], info=json.loads(g["info"][i]),
             source=f"{self.path}[{i}]",
         )
+
+    def _structure_reader(self) -> dict[str, h5py.Dataset]:
+        """Open handles of the /structures datasets, kept for this process's file (see ``_reader``)."""
+        f = self.file
+        if "structures" not in self._readers:
+            self._readers["structures"] = {name: f["structures"][name] for name in
+                                           ("z", "positions", "cell", "pbc", "energy", "forces", "info")}
+        return self._readers["structures"]
 
     def info_values(self, key: str) -> list:
         """``info[key]`` of every structure (e.g. "molecule" for a group split); StoreError naming the first
@@ -259,7 +280,7 @@ class HessianStore:
             packed = hessian
             g["asymmetry"][i] = np.nan  # unknown from a subset of rows
         else:
-            packed = hessian[np.triu_indices(3 * n)] if layout == "upper" else hessian
+            packed = hessian[_triangle(3 * n)[0]] if layout == "upper" else hessian
             g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max()) if asymmetry is None else asymmetry
         g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
         if node_features is not None:
@@ -309,17 +330,31 @@ class HessianStore:
     def teacher_done(self, teacher: str) -> np.ndarray:
         return self.teacher_group(teacher)["done"][:] if teacher in self.teachers() else np.zeros(len(self), bool)
 
+    def _reader(self, teacher: str) -> dict:
+        """Open handles and small arrays of a teacher group, kept for this process's file: a training item reads
+        a structure's labels and rows with a few h5py calls instead of re-resolving every path."""
+        key = f"teachers/{teacher}"
+        self.file  # noqa: B018 (reopens the file, and empties this cache, in a forked worker)
+        if key not in self._readers:
+            g = self.teacher_group(teacher)
+            layout = g.attrs["hessian_layout"]
+            self._readers[key] = {
+                "layout": layout, "hessian": g["hessian"], "hessian_offsets": g["hessian_offsets"][:],
+                "energy": g["energy"], "forces": g["forces"], "done": g["done"],
+                "row_index": g["hessian_row_index"] if layout == "rows" else None}
+        return self._readers[key]
+
     def teacher_labels(self, teacher: str, i: int) -> tuple[float, np.ndarray]:
         """Teacher energy (eV) and forces (N, 3) eV/Å of structure i."""
-        g = self.teacher_group(teacher)
+        r = self._reader(teacher)
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return float(g["energy"][i]), g["forces"][a:b]
+        return float(r["energy"][i]), r["forces"][a:b]
 
     def stored_rows(self, teacher: str, i: int) -> np.ndarray:
         """Row indices of structure i's teacher Hessian held in the store (all 3N unless layout "rows")."""
-        g = self.teacher_group(teacher)
-        if g.attrs["hessian_layout"] == "rows":
-            return g["hessian_row_index"][i].astype(np.int64)
+        r = self._reader(teacher)
+        if r["layout"] == "rows":
+            return r["row_index"][i].astype(np.int64)
         return np.arange(3 * self.n_atoms(i))
 
     def hessian(self, teacher: str, i: int) -> np.ndarray:
@@ -327,27 +362,33 @@ class HessianStore:
         return self.hessian_rows(teacher, i, np.arange(3 * self.n_atoms(i)))
 
     def hessian_rows(self, teacher: str, i: int, rows: np.ndarray) -> np.ndarray:
-        """Rows of structure i's teacher Hessian, (len(rows), 3N) float32 eV/Å²; reads no more than needed."""
-        g = self.teacher_group(teacher)
-        if not g["done"][i]:
+        """Rows of structure i's teacher Hessian, (len(rows), 3N) float32 eV/Å².
+
+        One read of the structure's block when it is small (≤ ``BLOCK_READ`` values), else one read per row, so
+        a few rows of a large structure do not read its whole Hessian."""
+        r = self._reader(teacher)
+        if not r["done"][i]:
             raise StoreError(f"{self.path}[{i}]: teacher {teacher} Hessian not computed yet; run precompute")
-        width = 3 * self.n_atoms(i)
-        h0, h1 = (int(x) for x in g["hessian_offsets"][i : i + 2])
-        data, layout, rows = g["hessian"], g.attrs["hessian_layout"], np.asarray(rows, dtype=np.int64)
+        width = 3 * int(self.offsets[i + 1] - self.offsets[i])
+        h0, h1 = (int(x) for x in r["hessian_offsets"][i : i + 2])
+        data, layout, rows = r["hessian"], r["layout"], np.asarray(rows, dtype=np.int64)
         if layout == "full":
-            out = np.stack([data[h0 + r * width : h0 + (r + 1) * width] for r in rows.tolist()])
+            if h1 - h0 <= BLOCK_READ:
+                out = data[h0:h1].reshape(width, width)[rows]
+            else:
+                out = np.stack([data[h0 + row * width : h0 + (row + 1) * width] for row in rows.tolist()])
         elif layout == "upper":
-            full = np.zeros((width, width), np.float32)
-            full[np.triu_indices(width)] = data[h0:h1]
-            full = full + np.triu(full, 1).T
+            upper, lower = _triangle(width)
+            full = np.empty((width, width), np.float32)
+            full[upper] = full[lower] = data[h0:h1]
             out = full[rows]
         else:
-            stored = g["hessian_row_index"][i]
-            where = {int(r): k for k, r in enumerate(stored)}
-            missing = [int(r) for r in rows if int(r) not in where]
+            stored = r["row_index"][i]
+            where = {int(row): k for k, row in enumerate(stored)}
+            missing = [int(row) for row in rows if int(row) not in where]
             if missing:
                 raise StoreError(f"{self.path}[{i}]: teacher {teacher} stores rows {sorted(stored.tolist())} only "
                                  f"(layout 'rows'); asked for {missing}")
             block = data[h0:h1].reshape(len(stored), width)
-            out = block[[where[int(r)] for r in rows]]
+            out = block[[where[int(row)] for row in rows]]
         return out.astype(np.float32)

@@ -7,12 +7,14 @@ the elements it supports; forces and Hessians follow generically from ``hessdist
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 
 import torch
 from torch import Tensor
 
 from hessdistill import hessian as hess
+from hessdistill.lane_memory import LANE_BYTES_FACTOR, LaneChunker, MemoryBudget, SavedTensorBytes
 
 
 class UnsupportedElementError(ValueError):
@@ -31,6 +33,8 @@ class Teacher(torch.nn.Module, abc.ABC):
     # (B,) max |H_raw − H_rawᵀ| of the last ``hessians`` call, eV/Å², for teachers that return symmetrised
     # Hessians (finite differences); None where the returned Hessians are as computed.
     last_asymmetry: Tensor | None = None
+    # lanes per VJP chunk of the last ``hessians`` call under a memory budget (None without one)
+    last_chunk_sizes: list[int] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,13 +91,23 @@ class Teacher(torch.nn.Module, abc.ABC):
             (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=create_graph)
         return energy, -grad
 
-    def hessians(self, batch, chunk_size: int | None = None, strategy: hess.RowStrategy = "auto"):
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and full Hessians [(3N_i, 3N_i)] eV/Å², all detached."""
+    def hessians(self, batch, chunk_size: int | MemoryBudget | None = None, strategy: hess.RowStrategy = "auto"):
+        """Energies (B,) eV, forces (Ntot, 3) eV/Å and full Hessians [(3N_i, 3N_i)] eV/Å², all detached.
+
+        chunk_size: VJP lanes per chunk (None: all max_i 3N_i at once), or a ``MemoryBudget``: lanes per chunk
+        from the bytes this batch's force graph saved (``lane_memory``); ``last_chunk_sizes`` lists the chunks.
+        """
         batch = self._prepare(batch)
+        budget = chunk_size if isinstance(chunk_size, MemoryBudget) else None
+        self.last_chunk_sizes = None
         with torch.enable_grad():
-            energy = self.energy(batch)
-            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
+            with SavedTensorBytes() if budget is not None else contextlib.nullcontext() as graph:
+                energy = self.energy(batch)
+                (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
             forces = -grad
+            if budget is not None:
+                chunk_size = LaneChunker(budget.bytes(self.device), LANE_BYTES_FACTOR * graph.nbytes, self.device)
+                self.last_chunk_sizes = chunk_size.sizes  # filled as chunks run: after an OOM, its last is the one
             hessians = hess.batched_hessians(forces, batch.pos, batch.ptr, chunk_size, strategy)
         return energy.detach(), forces.detach(), hessians
 
