@@ -14,8 +14,8 @@ from conftest import make_batch, rattled
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.graph import radius_graph
 from hessdistill.data.structures import Structure
-from hessdistill.models.gemnet import (GemNet, SphericalBasis, reverse_edges, spherical_bessel,
-                                       spherical_bessel_zeros, triplets)
+from hessdistill.models.gemnet import (GemNet, SphericalBasis, TripletInteraction, reverse_edges,
+                                       spherical_bessel, spherical_bessel_zeros, triplet_slots, triplets)
 
 
 def test_spherical_bessel_and_zeros_match_scipy():
@@ -73,6 +73,32 @@ def test_triplets_and_reverse_edges_match_brute_force(periodic):
     assert torch.equal(reverse[reverse], torch.arange(len(reverse)))
     with pytest.raises(ValueError, match="symmetric graph.*max_neighbors"):
         reverse_edges(edge_index[:, 1:], vectors[1:])
+
+
+def test_bilinear_after_the_triplet_sum_equals_the_per_triplet_formula():
+    """Σ_t Σ_ab cbf_ta x_{in(t), b} W_abo summed onto out(t), computed per triplet (the paper's formula), equals the
+    padded per-edge product the layer uses, on a molecule whose edges have different triplet counts."""
+    d = Structure.from_atoms(rattled("CH3CH2OH", seed=2)).to_data(torch.float64)
+    edge_index, shift = radius_graph(d.pos, 2.5, 100, d.cell[0], d.pbc[0], "torch")
+    vectors = d.pos[edge_index[0]] - d.pos[edge_index[1]] + shift
+    in_edge, out_edge = triplets(edge_index, vectors)
+    n_edges = edge_index.shape[1]
+    slot, k_max = triplet_slots(out_edge, n_edges)
+    counts = torch.bincount(out_edge, minlength=n_edges)
+    assert k_max == int(counts.max()) and counts.min() < k_max  # padding really happens
+    assert len(set(zip(out_edge.tolist(), slot.tolist()))) == len(slot) and int(slot.max()) == k_max - 1
+    torch.manual_seed(0)
+    layer = TripletInteraction(emb_edge=8, emb_trip=4, emb_rbf=3, emb_cbf=5, emb_bil=6).double()
+    m, rbf3 = torch.randn(n_edges, 8, dtype=torch.float64), torch.randn(n_edges, 3, dtype=torch.float64)
+    cbf = torch.randn(len(in_edge), 5, dtype=torch.float64)
+    padded = torch.zeros(n_edges, k_max, 5, dtype=torch.float64).index_put((out_edge, slot), cbf).transpose(1, 2)
+    reverse = reverse_edges(edge_index, vectors)
+    got = layer(m, rbf3, padded, in_edge, out_edge, slot, reverse)
+    x = layer.down(layer.dense_in(m) * layer.rbf_gate(rbf3))
+    per_triplet = torch.einsum("ta,tb,abo->to", cbf, x[in_edge], layer.bilinear)
+    agg = torch.zeros(n_edges, 6, dtype=torch.float64).index_add(0, out_edge, per_triplet)
+    expected = (layer.up_out(agg) + layer.up_rev(agg)[reverse]) / 2**0.5
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
 
 
 def test_gemnet_configs_compose_to_dt_and_t_with_the_papers_size():
