@@ -7,7 +7,7 @@ For each student config (``conf/student/<name>.yaml``, the paper's hyper-paramet
     step (forces only) on the same batch (paper, GPU: s = 1 costs 1.6× for PaiNN, 2× for GemNet-dT).
 Machines are shared and noisy: compare the ratios of one run.
 
-    python benchmarks/students.py [--students painn schnet gemnet_dt mace] [--device cuda] [--max-batch 4096]
+    python benchmarks/students.py [--students painn schnet gemnet_dt mace escn] [--device cuda] [--max-batch 4096]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def build(name: str, force_mode: str, device: torch.device):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--students", nargs="+", default=["painn", "schnet", "gemnet_dt", "mace"],
+    p.add_argument("--students", nargs="+", default=["painn", "schnet", "gemnet_dt", "mace", "escn"],
                    help="student configs; each runs direct and conservative (gemnet_dt conservative = GemNet-T)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--train-batch", type=int, default=8, help="structures per KD training step (paper: 4–8)")

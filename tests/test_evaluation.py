@@ -210,15 +210,18 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
     assert all(f"## {part}" in report for part in ("Accuracy", "Speed", "MD", "FIRE", "Harmonic spectra"))
 
 
-@pytest.mark.parametrize("student", ["painn-direct", "painn-conservative", "schnet-direct", "schnet-conservative"])
+@pytest.mark.parametrize("student", [f"{name}-{mode}" for name in ("painn", "schnet", "escn")
+                                     for mode in ("direct", "conservative")])
 def test_exported_student_gives_the_same_energies_and_forces(student, tmp_path):
     from conftest import make_batch
     from hessdistill.evaluation.export import ExportedStudent, export_student
+    from hessdistill.models.escn import ESCN
     from hessdistill.models.schnet import SchNet
 
     name, mode = student.split("-")
     torch.manual_seed(0)
-    model = tiny_painn(mode) if name == "painn" else SchNet(16, 16, 2, 12, 4.0, force_mode=mode).double()
+    model = {"painn": lambda: tiny_painn(mode), "schnet": lambda: SchNet(16, 16, 2, 12, 4.0, force_mode=mode).double(),
+             "escn": lambda: ESCN(8, 6, 2, 4, 4.0, force_mode=mode).double()}[name]()
     model.set_energy_statistics(torch.linspace(-5.0, -1.0, 119, dtype=torch.float64), 0.5)
     path = export_student(model, tmp_path / "student.pt2", make_batch([rattled("CH3OH"), rattled("H2O")]))
     exported = ExportedStudent(path)

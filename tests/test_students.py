@@ -23,6 +23,8 @@ TINY = {  # student config name → tiny hyper-parameters (same code paths as th
     "schnet": {"hidden_channels": 16, "num_filters": 16, "num_interactions": 2, "num_rbf": 12, "cutoff": 4.0},
     "gemnet_dt": {"num_blocks": 2, "emb_size_atom": 16, "emb_size_edge": 16, "emb_size_trip": 8, "emb_size_rbf": 8,
                   "emb_size_cbf": 8, "emb_size_bil_trip": 8, "num_spherical": 4, "num_radial": 4, "cutoff": 4.0},
+    "escn": {"channels": 8, "hidden_channels": 6, "num_layers": 2, "num_radial": 4, "cutoff": 4.0,
+             "avg_num_neighbors": 4.0},
     "mace": {"hidden_channels": 8, "max_ell": 2, "num_interactions": 2, "correlation": 2, "num_bessel": 4,
              "radial_mlp": "[8,8]", "cutoff": 4.0},
 }

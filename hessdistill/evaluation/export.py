@@ -3,8 +3,8 @@ model code nor Hydra to run, and the small wrapper that turns it back into energ
 
 The program maps (z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å) to atom energies (N,) eV and, for
 a direct-force student, forces (N, 3) eV/Å; a conservative student's forces are −∂U/∂r of the program's output by
-autograd at run time. N and E are dynamic. Students whose graph construction is data-dependent inside the model
-(GemNet's triplets, MACE) cannot be exported this way yet.
+autograd at run time. N and E are dynamic. PaiNN, SchNet and eSCN export; students whose graph construction is
+data-dependent inside the model (GemNet's triplets, MACE) cannot be exported this way yet.
 """
 
 from __future__ import annotations

@@ -21,18 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from hessdistill.models.heads import AtomFeatures, ForceField
+from hessdistill.models.radial import RadialBasis, polynomial_envelope
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 # ---- bases ---------------------------------------------------------------------------------------------------
-def polynomial_envelope(x: Tensor, exponent: int = 5) -> Tensor:
-    """Smooth cutoff u(x), x = d/cutoff: 1 − (p+1)(p+2)/2 xᵖ + p(p+2) xᵖ⁺¹ − p(p+1)/2 xᵖ⁺² below 1, else 0."""
-    p = exponent
-    u = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
-    return torch.where(x < 1, u, torch.zeros_like(u))
-
-
 def spherical_bessel(l_max: int, x: Tensor) -> Tensor:
     """j_0 … j_{l_max}(x) by upward recursion: (…,) → (…, l_max + 1). Stable for the x ≳ 1 used here (the first
     zero of j_l for l ≥ 1 exceeds π, and distances stay ≳ 0.1 of the cutoff); evaluate in float64."""
@@ -55,20 +49,6 @@ def spherical_bessel_zeros(l_max: int, n: int) -> np.ndarray:
         for k in range(n + l_max - l):
             zeros[l, k] = brentq(lambda x: spherical_jn(l, x), zeros[l - 1, k], zeros[l - 1, k + 1])
     return zeros[:, :n]
-
-
-class RadialBasis(nn.Module):
-    """√(2/c) sin(nπd/c)/d · u(d/c), n = 1…num_radial: (E,) Å → (E, num_radial)."""
-
-    def __init__(self, num_radial: int, cutoff: float, envelope_exponent: int) -> None:
-        super().__init__()
-        self.cutoff, self.exponent = cutoff, envelope_exponent
-        self.register_buffer("n", torch.arange(1, num_radial + 1, dtype=torch.float64))
-
-    def forward(self, d: Tensor) -> Tensor:
-        x = (d / self.cutoff)[:, None]
-        n = self.n.to(d.dtype)
-        return math.sqrt(2 / self.cutoff) * torch.sin(n * math.pi * x) / d[:, None] * polynomial_envelope(x, self.exponent)
 
 
 class SphericalBasis(nn.Module):
