@@ -92,13 +92,14 @@ class LaneChunker:
 
     ``size(remaining)`` gives the next chunk (≥ 1, ≤ remaining); wrapping a chunk's VJP in ``measure(lanes)``
     updates the per-lane cost from CUDA's peak-memory counter (a no-op on CPU, which has no such counter).
-    ``sizes`` lists the chunks handed out.
+    ``sizes`` lists the chunks handed out; ``peaks`` the bytes each measured chunk allocated above its start.
     """
 
     def __init__(self, budget_bytes: float, bytes_per_lane: float, device: torch.device) -> None:
         self.budget_bytes, self.bytes_per_lane = float(budget_bytes), max(float(bytes_per_lane), 1.0)
         self.device = torch.device(device)
         self.sizes: list[int] = []
+        self.peaks: list[int] = []
 
     def size(self, remaining: int) -> int:
         lanes = int(min(remaining, max(1, self.budget_bytes // self.bytes_per_lane)))
@@ -113,5 +114,5 @@ class LaneChunker:
         before = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         yield
-        peak = torch.cuda.max_memory_allocated(self.device)
-        self.bytes_per_lane = max(MEASURED_MARGIN * (peak - before) / lanes, 1.0)
+        self.peaks.append(torch.cuda.max_memory_allocated(self.device) - before)
+        self.bytes_per_lane = max(MEASURED_MARGIN * self.peaks[-1] / lanes, 1.0)

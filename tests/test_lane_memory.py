@@ -40,6 +40,22 @@ def test_chunker_fits_the_budget_and_never_goes_below_one_lane():
     assert chunker.sizes == [3, 3, 2]
 
 
+def test_chunker_resizes_from_measured_cuda_peaks(monkeypatch):
+    """The CUDA branch of ``measure`` on a CPU, with torch.cuda's memory counters faked: a chunk of L lanes peaks at
+    300·L bytes above its start, so after the first (estimated) chunk the chunker sizes from 1.1 × 300 per lane."""
+    state = {"lanes": 0}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000 + 300 * state["lanes"])
+    chunker = LaneChunker(budget_bytes=3400, bytes_per_lane=1000, device=torch.device("cuda"))
+    for _ in range(3):
+        lanes = chunker.size(100)
+        with chunker.measure(lanes):
+            state["lanes"] = lanes
+    assert chunker.sizes == [3, 10, 10] and chunker.peaks == [900, 3000, 3000]
+    assert chunker.bytes_per_lane == pytest.approx(330)
+
+
 def test_memory_budget():
     assert MemoryBudget(gib=2).bytes("cpu") == 2 * 2**30
     assert MemoryBudget(gib=2).halved() == MemoryBudget(gib=1)
@@ -179,16 +195,15 @@ def test_cuda_lanes_stay_within_the_budget_and_learn_their_cost():
     teacher = ANITeacher("ani1x").freeze().to("cuda")
     batch = make_batch([rattled(n, seed=k) for k, n in enumerate(MOLECULES * 4)], teacher.dtype)
     _, _, whole = teacher.hessians(batch)
-    per_lane = LANE_BYTES_FACTOR * graph_bytes(teacher, batch)
-    budget = MemoryBudget(gib=8.5 * per_lane / 2**30)
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    _, _, chunked = teacher.hessians(batch, budget)
-    peak = torch.cuda.max_memory_allocated() - before
-    sizes = teacher.last_chunk_sizes
-    assert sizes[0] == 8 and sum(sizes) == 3 * 12  # estimated first, then sized from each chunk's measured peak
-    # the graph itself (≈ per_lane / factor) comes on top of the lanes' budget
-    assert peak <= budget.bytes("cuda") + 2 * per_lane, (peak, budget.bytes("cuda"), sizes)
-    for a, b in zip(whole, chunked):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    b = teacher._prepare(batch)
+    with torch.enable_grad():
+        with SavedTensorBytes() as graph:
+            (grad,) = torch.autograd.grad(teacher.energy(b).sum(), b.pos, create_graph=True)
+        per_lane = LANE_BYTES_FACTOR * graph.nbytes
+        chunker = LaneChunker(8.5 * per_lane, per_lane, "cuda")
+        chunked = batched_hessians(-grad, b.pos, b.ptr, chunker)
+    # estimated first, then sized from each chunk's measured peak, which never exceeds the budget
+    assert chunker.sizes[0] == 8 and sum(chunker.sizes) == 3 * 12 and len(chunker.peaks) == len(chunker.sizes)
+    assert max(chunker.peaks) <= chunker.budget_bytes, (chunker.peaks, chunker.budget_bytes, chunker.sizes)
+    for a, c in zip(whole, chunked):
+        torch.testing.assert_close(a, c.to(a), atol=1e-10, rtol=0)
