@@ -15,6 +15,7 @@ Each block's output (atom and edge features) is summed into the features handed 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -128,6 +129,27 @@ def triplet_slots(out_edge: Tensor, n_edges: int) -> tuple[Tensor, int]:
     return slot, int(counts.max()) if counts.numel() else 0
 
 
+class TripletGraph(NamedTuple):
+    """GemNet's graph beyond the edges: triplets (in_edge, out_edge, slot: (T,)), each edge's reverse (E,), and
+    ``slots`` = arange(K) (K, the most triplets of any edge, as a tensor length so an exported program sees it as a
+    dynamic size)."""
+
+    in_edge: Tensor
+    out_edge: Tensor
+    slot: Tensor
+    reverse: Tensor
+    slots: Tensor
+
+
+def triplet_graph(edge_index: Tensor, vectors: Tensor) -> TripletGraph:
+    """All of GemNet's data-dependent index arithmetic for edges (2, E) with vectors (E, 3) Å (no gradients)."""
+    vectors = vectors.detach()
+    in_edge, out_edge = triplets(edge_index, vectors)
+    slot, k_max = triplet_slots(out_edge, edge_index.shape[1])
+    return TripletGraph(in_edge, out_edge, slot, reverse_edges(edge_index, vectors),
+                        torch.arange(k_max, device=edge_index.device))
+
+
 # ---- layers ------------------------------------------------------------------------------------------------------
 class Dense(nn.Module):
     """Linear (optionally without bias) followed by SiLU unless ``activation=False``."""
@@ -239,6 +261,7 @@ class GemNetRepresentation(nn.Module):
     each the sum of the output blocks after the embedding and after every interaction block."""
 
     vector_features = False
+    extra_graph = "hessdistill.models.gemnet.triplet_graph"  # what an exported program needs besides the edges
 
     def __init__(self, num_blocks: int = 4, emb_size_atom: int = 64, emb_size_edge: int = 64, emb_size_trip: int = 32,
                  emb_size_rbf: int = 16, emb_size_cbf: int = 16, emb_size_bil_trip: int = 64, num_spherical: int = 7,
@@ -258,18 +281,18 @@ class GemNetRepresentation(nn.Module):
         self.outputs = nn.ModuleList([OutputBlock(emb_size_atom, emb_size_edge, num_radial, num_output_layers)
                                       for _ in range(num_blocks + 1)])
 
-    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor) -> AtomFeatures:
+    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor, graph: TripletGraph | None = None) -> AtomFeatures:
+        """graph: the triplets of these edges (``triplet_graph``), computed here when None; an exported program
+        takes them as inputs (``extra_graph``), so it contains no data-dependent index arithmetic."""
         src, dst = edge_index
-        in_edge, out_edge = triplets(edge_index, vectors)
-        reverse = reverse_edges(edge_index, vectors)
+        in_edge, out_edge, slot, reverse, slots = triplet_graph(edge_index, vectors) if graph is None else graph
         d = vectors.norm(dim=-1)
         rbf = self.radial(d)  # (E, R)
         # cos θ at j between r_i − r_j (−vector of ji) and r_k − r_j (vector of kj)
         cos_angle = -(vectors[out_edge] * vectors[in_edge]).sum(-1) / (d[out_edge] * d[in_edge])
         cbf_radial = torch.einsum("elr,lrc->elc", self.spherical.radial(d), self.cbf3)  # (E, L, emb_cbf)
         cbf = torch.einsum("tl,tlc->tc", self.spherical.angular(cos_angle.clamp(-1.0, 1.0)), cbf_radial[in_edge])
-        slot, k_max = triplet_slots(out_edge, src.shape[0])
-        cbf = cbf.new_zeros(src.shape[0], k_max, cbf.shape[1]).index_put((out_edge, slot), cbf).transpose(1, 2)
+        cbf = cbf.new_zeros(src.shape[0], slots.shape[0], cbf.shape[1]).index_put((out_edge, slot), cbf).transpose(1, 2)
         rbf3 = self.rbf3(rbf)
         h = self.embedding(z)
         m = self.edge_embedding(torch.cat([h[src], h[dst], rbf], dim=-1))

@@ -124,15 +124,17 @@ class ForceField(nn.Module):
         return batch
 
     def atom_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor,
-                     edge_deform: Tensor | None = None) -> tuple[Tensor, Tensor | None, AtomFeatures]:
+                     edge_deform: Tensor | None = None, graph=None) -> tuple[Tensor, Tensor | None, AtomFeatures]:
         """Atom energies (N,) eV, direct forces (N, 3) eV/Å (None for a conservative student) and the features,
         from plain tensors: z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å; edge_deform (E, 3, 3)
-        optionally maps every edge vector r → D r (homogeneous strain, for stress)."""
+        optionally maps every edge vector r → D r (homogeneous strain, for stress). graph: precomputed indices for
+        a representation that declares ``extra_graph`` (GemNet's triplets), else None."""
         src, dst = edge_index
         vectors = pos[src] - pos[dst] + edge_shift
         if edge_deform is not None:
             vectors = torch.einsum("eij,ej->ei", edge_deform, vectors)
-        features = self.representation(z, vectors, edge_index)
+        extra = () if graph is None else (graph,)
+        features = self.representation(z, vectors, edge_index, *extra)
         atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1) + self.atom_refs[z]
         if self.force_mode == "conservative":
             return atom_energy, None, features
