@@ -240,7 +240,8 @@ def test_exported_student_gives_the_same_energies_and_forces(student, tmp_path):
 
 
 def test_exported_gemnet_on_a_periodic_cell_where_atoms_meet_their_images(tmp_path):
-    """The wrapper builds GemNet's triplets and reverse edges (periodic images told apart) outside the program."""
+    """The wrapper builds GemNet's triplets and reverse edges (periodic images told apart) outside the program; a
+    diatomic, with no triplets, runs too."""
     from ase.build import bulk
 
     from conftest import make_batch
@@ -254,6 +255,10 @@ def test_exported_gemnet_on_a_periodic_cell_where_atoms_meet_their_images(tmp_pa
     cell.rattle(0.05, seed=1)
     batch = make_batch([cell, rattled("NH3", seed=3)])
     e_ref, f_ref = model.energy_forces(batch.clone())
-    e_exp, f_exp = ExportedStudent(path).energy_forces(batch.clone())
+    exported = ExportedStudent(path)
+    e_exp, f_exp = exported.energy_forces(batch.clone())
     torch.testing.assert_close(e_exp, e_ref, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(f_exp, f_ref, atol=1e-10, rtol=1e-10)
+    diatomic = make_batch([rattled("CO", seed=1)])  # no triplets at all: zero-length index inputs
+    torch.testing.assert_close(exported.energy_forces(diatomic.clone())[1], model.energy_forces(diatomic)[1],
+                               atol=1e-10, rtol=1e-10)
