@@ -97,6 +97,21 @@ def write_labelled_store(path: Path, teacher, names=STORE_MOLECULES, per_molecul
     return path
 
 
+class WrappedTeacher(torch.nn.Module):
+    """A teacher seen through a wrapper (``inner``): every attribute not set on the wrapper is the teacher's, so a
+    subclass overrides only the calls it fakes (e.g. CUDA out-of-memory errors on a CPU)."""
+
+    def __init__(self, teacher) -> None:
+        super().__init__()
+        self.inner = teacher
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+
 @pytest.fixture(scope="session")
 def ani_teacher():
     """ANI-1x (8-model ensemble, H C N O), float64; weights ship in the torchani wheel."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import label_with, rattled
+from conftest import WrappedTeacher, label_with, rattled
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.precompute import BatchSizer, precompute_teacher
 
@@ -55,18 +55,12 @@ def test_shrink_after_out_of_memory_stops_growth():
     assert sizer.next_size() == grown // 2
 
 
-class OutOfMemoryAbove(torch.nn.Module):
-    """Wraps a teacher; raises CUDA OOM for batches of more than ``limit`` structures (the GPU logic on a CPU)."""
+class OutOfMemoryAbove(WrappedTeacher):
+    """Raises CUDA OOM for batches of more than ``limit`` structures (the GPU logic on a CPU)."""
 
     def __init__(self, teacher, limit: int) -> None:
-        super().__init__()
-        self.inner, self.limit, self.calls = teacher, limit, []
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
+        super().__init__(teacher)
+        self.limit, self.calls = limit, []
 
     def hessians(self, batch, chunk_size=None, strategy="auto"):
         self.calls.append(batch.num_graphs)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import label_with, make_batch, rattled
+from conftest import WrappedTeacher, label_with, make_batch, rattled
 
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.hessian import batched_hessians
@@ -87,7 +87,7 @@ def test_budgeted_hessians_are_chunked_as_estimated_and_unchanged(ani_teacher):
     assert sizes == [3] * (width // 3) + ([width % 3] if width % 3 else []) and sum(sizes) == width
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    _, _, roomy = ani_teacher.hessians(batch, MemoryBudget(gib=1000))
+    ani_teacher.hessians(batch, MemoryBudget(gib=1000))
     assert ani_teacher.last_chunk_sizes == [width]
 
 
@@ -143,18 +143,12 @@ def test_estimate_bounds_the_measured_memory_of_the_lanes():
     assert 0.1 * estimate < measured["growth"] <= estimate, measured
 
 
-class OutOfMemoryOverLanes(torch.nn.Module):
-    """Wraps a teacher; raises CUDA OOM when a Hessian call ran a chunk of more than ``limit`` lanes."""
+class OutOfMemoryOverLanes(WrappedTeacher):
+    """Raises CUDA OOM when a Hessian call ran a chunk of more than ``limit`` lanes."""
 
     def __init__(self, teacher, limit: int) -> None:
-        super().__init__()
-        self.inner, self.limit, self.budgets = teacher, limit, []
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
+        super().__init__(teacher)
+        self.limit, self.budgets = limit, []
 
     def hessians(self, batch, chunk_size=None, strategy="auto"):
         self.budgets.append(chunk_size)
