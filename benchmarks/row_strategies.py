@@ -15,7 +15,7 @@ from torch_geometric.data import Batch
 from hessdistill import losses
 from hessdistill.data.structures import Structure
 from hessdistill.evaluation.speed import timed
-from hessdistill.hessian import force_jacobian_rows, sample_hessian_rows
+from hessdistill.hessian.rows import force_jacobian_rows, sample_batch_rows
 from hessdistill.models.painn import PaiNN
 
 MOLECULES = ["CH3CONH2", "CH3COOH", "CH3CH2OH", "C2H6CHOH"]
@@ -46,7 +46,7 @@ def main() -> None:
         base = timed(lambda: step(model, batch, None, "loop"), device, args.repeat)
         print(f"{mode:12s} undistilled step: {1e3 * base:7.1f} ms  ({device}, batch {args.batch})")
         for s in args.rows:
-            rows = sample_hessian_rows(batch.natoms.cpu(), s).to(device)
+            rows = sample_batch_rows(batch.natoms.cpu(), s).to(device)
             t = {k: timed(lambda: step(model, batch, rows, k), device, args.repeat) for k in ("loop", "vmap")}
             print(f"{mode:12s} s={s}: loop {1e3 * t['loop']:7.1f} ms ({t['loop'] / base:4.2f}x undistilled), "
                   f"vmap {1e3 * t['vmap']:7.1f} ms ({t['vmap'] / base:4.2f}x); vmap speedup vs loop: "

@@ -31,7 +31,7 @@ VARIANTS = [(layout, dtype, comp) for layout in ("full", "upper", "rows") for dt
 
 def labelled_demo(workdir: Path) -> tuple[Path, str]:
     """The demo molecules with ANI-1x labels, in a store under ``workdir``."""
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
     from hessdistill.teachers.ani import ANITeacher
 
     path = workdir / "demo_ani1x.h5"

@@ -23,7 +23,7 @@ from torch_geometric.data import Batch
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.evaluation.speed import speed_report, timed
-from hessdistill.hessian import sample_hessian_rows
+from hessdistill.hessian.rows import sample_batch_rows
 from row_strategies import step
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
@@ -67,7 +67,7 @@ def main() -> None:
             base = timed(lambda: step(model, batch, None, "auto"), device, args.repeat)
             ratios = []
             for s in (1, 4):
-                rows = sample_hessian_rows(batch.natoms.cpu(), s, torch.Generator().manual_seed(0)).to(device)
+                rows = sample_batch_rows(batch.natoms.cpu(), s, torch.Generator().manual_seed(0)).to(device)
                 ratios.append(timed(lambda: step(model, batch, rows, "auto"), device, args.repeat) / base)
             print(f"{name:9s} {mode:12s} {n_params:9d} {rate64:13.1f} {size:10d} {rate:14.1f} "
                   f"{ratios[0]:7.2f}x {ratios[1]:7.2f}x")

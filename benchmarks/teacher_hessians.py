@@ -31,9 +31,10 @@ from torch_geometric.data import Batch
 
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.hessian import force_jacobian_rows, sample_hessian_rows
-from hessdistill.lane_memory import MemoryBudget
-from hessdistill.precompute import precompute_teacher, size_sorted
+from hessdistill.hessian.rows import force_jacobian_rows, sample_batch_rows
+from hessdistill.hessian.memory import MemoryBudget
+from hessdistill.precompute.batch_size import size_sorted
+from hessdistill.precompute.run import precompute_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
@@ -155,7 +156,7 @@ def lane_chunks(chunk_size):
 def ours(teacher, batches, chunk_size, strategy):
     out = []
     for b in batches:
-        out += [h.cpu() for h in teacher.hessians(b, chunk_size=lane_chunks(chunk_size), strategy=strategy)[2]]
+        out += [h.cpu() for h in teacher.hessians(b, chunk_size=lane_chunks(chunk_size), strategy=strategy).hessians]
     return out
 
 
@@ -356,10 +357,10 @@ def main() -> None:
         return run
 
     gen = torch.Generator().manual_seed(0)
-    rows = {k: sample_hessian_rows(counts.cpu(), k, gen) for k in (1, 4)}
+    rows = {k: sample_batch_rows(counts.cpu(), k, gen) for k in (1, 4)}
     rep = max(args.repeat, 3)  # these calls are short: a few repeats steady them
     t_fwd, _ = timed(forward, device, rep)
-    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=lane_chunks(args.chunk_size), strategy="vmap")[2], device, rep)
+    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=lane_chunks(args.chunk_size), strategy="vmap").hessians, device, rep)
     line = []
     for k in (1, 4):
         t_k, jac = timed(rows_fn(k), device, rep)

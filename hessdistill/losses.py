@@ -36,7 +36,7 @@ def hessian_kd_loss(student_rows: Tensor, teacher_rows: Tensor, batch: Tensor, n
                     norm: KDNorm = "squared") -> Tensor:
     """Hessian distillation term for s sampled rows per structure.
 
-    student_rows: (s, Ntot, 3) ∂F̂_j/∂r of the student (from ``hessian.force_jacobian_rows``);
+    student_rows: (s, Ntot, 3) ∂F̂_j/∂r of the student (from ``hessian.rows.force_jacobian_rows``);
     teacher_rows: (s, Ntot, 3) H_j of the teacher. The residual is H_j + ∂F̂_j/∂r.
     norm "squared" (the paper): mean_i (1/s) Σ_j ‖H_j + ∂F̂_j/∂r‖² over all 3N entries, (eV/Å²)².
     norm "l2_per_atom" (the authors' code): mean over rows and atoms of the per-atom 3-vector L2 norm, eV/Å².

@@ -15,7 +15,6 @@ from torch_geometric.data import Batch
 
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.data.structures import Structure
-from hessdistill.hessian import rows_to_atom_layout
 
 # The models under test are tiny: intra-op thread pools only add overhead, and on a busy 2-core machine
 # OpenMP barriers made single tiny backwards ~300x slower. One thread keeps the suite fast and predictable.
@@ -61,8 +60,7 @@ def tiny_painn(force_mode: str, dtype: torch.dtype = torch.float64, seed: int = 
 
 def teacher_lane_rows(hessians: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
     """Full per-structure Hessians [(3N_i, 3N_i)] and rows (B, s) → teacher rows in lane layout (s, Ntot, 3)."""
-    per_atom = [rows_to_atom_layout(h[r]) for h, r in zip(hessians, rows)]
-    return torch.cat(per_atom).permute(1, 0, 2)
+    return torch.cat([h[r].view(len(r), -1, 3) for h, r in zip(hessians, rows)], dim=1)
 
 
 def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:
@@ -79,7 +77,7 @@ def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:
 def write_labelled_store(path: Path, teacher, names=STORE_MOLECULES, per_molecule: int = 4, seed: int = 0,
                          stdev: float = 0.08) -> Path:
     """Write a tiny store of rattled molecules labelled by ``teacher`` and precompute its Hessians."""
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
 
     atoms_list = []
     for k, name in enumerate(names):

@@ -14,7 +14,7 @@ from hessdistill import losses
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.models.heads import ProjectedEmbedding
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute.run import precompute_teacher
 
 pytest.importorskip("mace")
 

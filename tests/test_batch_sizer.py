@@ -9,7 +9,8 @@ import torch
 
 from conftest import WrappedTeacher, label_with, rattled
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.precompute import BatchSizer, precompute_teacher
+from hessdistill.precompute.batch_size import BatchSizer
+from hessdistill.precompute.run import precompute_teacher
 
 
 def drive(sizer: BatchSizer, rate_of_size, calls: int = 40, entries: int = 1000) -> list[int]:

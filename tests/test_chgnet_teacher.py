@@ -7,7 +7,8 @@ import pytest
 import torch
 from ase.build import bulk
 
-from hessdistill.hessian import VMAP_FALLBACKS, finite_difference_force_jacobian
+from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
+from hessdistill.hessian.rows import VMAP_FALLBACKS
 
 from conftest import make_batch, shared_file
 
@@ -34,7 +35,8 @@ def test_forces_match_chgnet_calculator_and_hessian_matches_finite_differences(c
     atoms.rattle(0.03, seed=3)
     batch = make_batch([atoms, bulk("Si", "diamond", a=5.43)], torch.float32)
     fallbacks = VMAP_FALLBACKS["count"]  # a process-wide counter: other tests may have raised it already
-    energy, forces, hessians = chgnet.hessians(batch, strategy="vmap")
+    out = chgnet.hessians(batch, strategy="vmap")
+    energy, forces, hessians = out.energy, out.forces, out.hessians
     assert VMAP_FALLBACKS["count"] == fallbacks  # CHGNet's Hessians really went through vmap
     reference = atoms.copy()
     reference.calc = CHGNetCalculator(model=chgnet.model, use_device="cpu")
@@ -61,7 +63,7 @@ def test_gesbte_hessian_rows_match_finite_differences(chgnet):
     atoms = ase.io.read(shared_file("data/gesbte_dft_200.xyz"), index=0)
     batch = make_batch([atoms], torch.float32)
     rows = torch.tensor([[0, 100, 242]])
-    _, _, lanes = chgnet.hessian_rows(batch, rows)
+    lanes = chgnet.hessian_rows(batch, rows).rows
     pos = torch.tensor(atoms.positions)
     for k, j in enumerate(rows[0].tolist()):
         step = torch.zeros_like(pos).view(-1)
@@ -81,7 +83,7 @@ def test_periodic_students_train_on_chgnet_hessians(tmp_path, chgnet):
     from hessdistill.data.datamodule import StoreDataModule
     from hessdistill.data.store import HessianStore, write_structures
     from hessdistill.data.structures import Structure
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
     from hessdistill.training.module import DistillModule
 
     cells = []

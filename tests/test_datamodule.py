@@ -13,7 +13,7 @@ from hessdistill.data.datamodule import StoreDataModule, StoreDataset
 from hessdistill.data.splits import split_indices
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.data.structures import Structure
-from hessdistill.hessian import force_jacobian_rows
+from hessdistill.hessian.rows import force_jacobian_rows
 
 TEACHER = "ani1x"
 

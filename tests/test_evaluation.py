@@ -13,7 +13,7 @@ from ase.build import bulk, molecule
 from hydra import compose, initialize_config_dir
 
 from conftest import rattled, tiny_painn
-from hessdistill.calculator import TorchCalculator
+from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.evaluation import speed
 from hessdistill.evaluation.relax import judge, relax
@@ -56,7 +56,7 @@ def test_teacher_spectrum_matches_ase_finite_difference_vibrations(ani_teacher, 
 
 
 def test_student_hessian_is_minus_its_force_jacobian():
-    from hessdistill.hessian import finite_difference_force_jacobian
+    from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 
     model = tiny_painn("conservative")
     atoms = rattled("CH3OH", seed=3)
@@ -214,7 +214,7 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
                                      for mode in ("direct", "conservative")])
 def test_exported_student_gives_the_same_energies_and_forces(student, tmp_path):
     from conftest import make_batch
-    from hessdistill.evaluation.export import ExportedStudent, export_student
+    from hessdistill.integrations.export import ExportedStudent, export_student
     from hessdistill.models.escn import ESCN
     from hessdistill.models.gemnet import GemNet
     from hessdistill.models.schnet import SchNet
@@ -245,7 +245,7 @@ def test_exported_gemnet_on_a_periodic_cell_where_atoms_meet_their_images(tmp_pa
     from ase.build import bulk
 
     from conftest import make_batch
-    from hessdistill.evaluation.export import ExportedStudent, export_student
+    from hessdistill.integrations.export import ExportedStudent, export_student
     from hessdistill.models.gemnet import GemNet
 
     torch.manual_seed(0)

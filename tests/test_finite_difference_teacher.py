@@ -9,9 +9,11 @@ import torch
 from ase.build import bulk
 
 from conftest import make_batch, rattled, write_labelled_store
-from hessdistill.calculator import TorchCalculator
+from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.teachers.base import UnsupportedElementError
-from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher, default_delta
+from hessdistill.hessian.finite_difference import default_delta
+from hessdistill.teachers.base import AutogradTeacher, Teacher
+from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
 
 MOLECULES = ("H2O", "NH3")
 
@@ -22,8 +24,8 @@ def molecules():
 
 def relative_error(fd_teacher, reference, atoms_list) -> float:
     """Worst ‖H_fd − H_ref‖ / ‖H_ref‖ over the structures; reference: a teacher with autograd Hessians."""
-    _, _, ref = reference.hessians(make_batch(atoms_list, reference.dtype))
-    _, _, fd = fd_teacher.hessians(make_batch(atoms_list, fd_teacher.dtype))
+    ref = reference.hessians(make_batch(atoms_list, reference.dtype)).hessians
+    fd = fd_teacher.hessians(make_batch(atoms_list, fd_teacher.dtype)).hessians
     return max(float((h.double() - r.double()).norm() / r.double().norm()) for h, r in zip(fd, ref))
 
 
@@ -66,22 +68,25 @@ def test_ani_fd_hessians_match_autograd_through_calculator_and_batched(ani_teach
     batched = FiniteDifferenceTeacher.from_teacher(ani_teacher)
     assert batched.name == "ani1x_fd" and batched.level_of_theory == ani_teacher.level_of_theory
     assert relative_error(batched, ani_teacher, molecules()) < 1e-6
-    assert (batched.last_asymmetry < 1e-4).all() and batched.last_asymmetry.shape == (2,)
+    asymmetry = batched.hessians(make_batch(molecules(), batched.dtype)).asymmetry
+    assert (asymmetry < 1e-4).all() and asymmetry.shape == (2,)
 
 
 def test_batched_from_teacher_equals_calculator_path(mace64):
     atoms_list = [rattled("NH3", seed=1), rattled("H2O", seed=2)]
     via_calc = FiniteDifferenceTeacher(TorchCalculator(mace64), name="c", delta=1e-3)
-    e_c, f_c, h_c = via_calc.hessians(make_batch(atoms_list))
+    by_calc = via_calc.hessians(make_batch(atoms_list))
+    e_c, f_c, h_c = by_calc.energy, by_calc.forces, by_calc.hessians
     for max_batch in (256, 7):  # 7: copies of one structure split across calls, and calls mixing structures
         batched = FiniteDifferenceTeacher.from_teacher(mace64, delta=1e-3, max_batch=max_batch)
-        e_b, f_b, h_b = batched.hessians(make_batch(atoms_list))
+        out = batched.hessians(make_batch(atoms_list))
+        e_b, f_b, h_b = out.energy, out.forces, out.hessians
         torch.testing.assert_close(e_b, e_c, atol=1e-10, rtol=0)
         torch.testing.assert_close(f_b, f_c, atol=1e-10, rtol=0)
         for hb, hc, atoms in zip(h_b, h_c, atoms_list):
             assert hb.shape == (3 * len(atoms), 3 * len(atoms))
             torch.testing.assert_close(hb, hc, atol=1e-8, rtol=0)
-        torch.testing.assert_close(batched.last_asymmetry, via_calc.last_asymmetry, atol=1e-8, rtol=0)
+        torch.testing.assert_close(out.asymmetry, by_calc.asymmetry, atol=1e-8, rtol=0)
     assert all(torch.equal(h, h.T) for h in h_b)  # returned symmetrised; the raw asymmetry is kept apart
 
 
@@ -94,7 +99,7 @@ def test_precompute_fills_store_with_fd_teacher(tmp_path, ani_teacher):
     try:
         assert store.teacher_done("ani1x_fd").all()
         for i in range(len(store)):
-            _, _, (h,) = ani_teacher.hessians(make_batch([store.structure(i).to_atoms()]))
+            (h,) = ani_teacher.hessians(make_batch([store.structure(i).to_atoms()])).hessians
             np.testing.assert_allclose(store.hessian("ani1x_fd", i), h.numpy(), rtol=1e-4, atol=1e-3)
     finally:
         store.close()
@@ -110,17 +115,18 @@ def test_periodic_emt_calculator_with_any_element():
     fine = FiniteDifferenceTeacher(EMT(), name="emt", delta=1e-5)  # EMT computes in float64
     batch = make_batch([atoms])
     assert bool(batch.pbc.all())
-    energy, forces, (h,) = fine.hessians(batch)
-    _, _, (h_coarse,) = coarse.hessians(make_batch([atoms]))
+    out = fine.hessians(batch)
+    energy, forces, (h,) = out.energy, out.forces, out.hessians
+    (h_coarse,) = coarse.hessians(make_batch([atoms])).hessians
     atoms.calc = EMT()
     assert float(energy[0]) == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
     np.testing.assert_allclose(forces.numpy(), atoms.get_forces(), atol=1e-10)
     assert float((h - h_coarse).norm() / h.norm()) < 1e-4
-    assert float(fine.last_asymmetry[0]) < 1e-5 * float(h.abs().max())
+    assert float(out.asymmetry[0]) < 1e-5 * float(h.abs().max())
     # periodic crystal: rigid translations cost nothing (acoustic sum rule, rows sum to 0 over atoms)
     assert h.view(4, 3, 4, 3).sum(dim=2).abs().max() < 1e-5 * float(h.abs().max())
-    with pytest.raises(NotImplementedError, match="no differentiable energy"):
-        fine.energy(batch)
+    # the Teacher contract without a differentiable energy (no `energy` to call and fail)
+    assert isinstance(fine, Teacher) and not isinstance(fine, AutogradTeacher)
 
 
 def test_periodic_mace_fd_matches_autograd(mace64):
@@ -130,9 +136,9 @@ def test_periodic_mace_fd_matches_autograd(mace64):
     fd = FiniteDifferenceTeacher.from_teacher(mace64)
     assert relative_error(fd, mace64, [atoms]) < 1e-7
     atoms.pbc = False
-    _, _, (isolated,) = mace64.hessians(make_batch([atoms]))
+    (isolated,) = mace64.hessians(make_batch([atoms])).hessians
     atoms.pbc = True
-    _, _, (periodic,) = fd.hessians(make_batch([atoms]))
+    (periodic,) = fd.hessians(make_batch([atoms])).hessians
     assert float((periodic - isolated).abs().max()) > 1e-6  # the cell really was used
 
 
@@ -167,9 +173,9 @@ def test_hydra_configs_compose_and_instantiate():
 
 def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
     """The store's asymmetry diagnostic holds the FD teacher's raw asymmetry, not that of its symmetrised output."""
-    from hessdistill.calculator import TorchCalculator
+    from hessdistill.integrations.ase_calculator import TorchCalculator
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
     from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
 
     from conftest import label_with, rattled
@@ -182,8 +188,7 @@ def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
     group = store.teacher_group("ani1x_fd")
     raw = []
     for i in range(len(store)):  # each structure's raw asymmetry, from a batch of that structure alone
-        fd.hessians(make_batch([store.structure(i).to_atoms()]))
-        raw.append(float(fd.last_asymmetry[0]))
+        raw.append(float(fd.hessians(make_batch([store.structure(i).to_atoms()])).asymmetry[0]))
     np.testing.assert_allclose(group["asymmetry"][:], raw, rtol=1e-6)
     assert result["max_asymmetry"] == pytest.approx(max(raw))
     assert result["max_asymmetry"] > 1e-3  # ANI through a 1e-3 Å step is visibly non-symmetric before symmetrising
@@ -197,7 +202,7 @@ def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
 def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_path, ani_teacher, batched):
     """k rows cost 2k force calls and equal the rows of the full FD Hessian (same step, symmetric teacher)."""
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
 
     from conftest import label_with
 
@@ -206,8 +211,9 @@ def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_p
     atoms = [rattled("NH3", seed=1), rattled("CH3OH", seed=2)]
     batch = make_batch(atoms)
     rows = torch.tensor([[0, 5, 11], [2, 7, 17]])
-    energy, forces, lanes = fd.hessian_rows(batch, rows)
-    _, _, full = fd.hessians(batch)
+    out = fd.hessian_rows(batch, rows)
+    energy, forces, lanes = out.energy, out.forces, out.rows
+    full = fd.hessians(batch).hessians
     for g, (a, b) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
         got = lanes[:, a:b].reshape(3, -1)
         torch.testing.assert_close(got, full[g][rows[g]], rtol=1e-6, atol=1e-4)
@@ -215,7 +221,7 @@ def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_p
     write_structures(path, label_with(ani_teacher, atoms))
     with HessianStore(path, mode="a") as store:
         precompute_teacher(store, fd, layout="rows", rows_per_structure=2, progress=False)
-        _, _, exact = ani_teacher.hessians(make_batch(atoms))
+        exact = ani_teacher.hessians(make_batch(atoms)).hessians
         for i in range(2):
             stored = store.stored_rows(fd.name, i)
             np.testing.assert_allclose(store.hessian_rows(fd.name, i, stored), exact[i].numpy()[stored], atol=1e-3)

@@ -8,14 +8,10 @@ import torch
 
 from conftest import make_batch, rattled, teacher_lane_rows, tiny_painn
 from hessdistill import losses
-from hessdistill.hessian import (
-    batched_hessians,
-    finite_difference_force_jacobian,
-    force_jacobian_rows,
-    resolve_strategy,
-    row_lanes,
-    sample_hessian_rows,
-)
+from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
+from hessdistill.hessian.full import batched_hessians
+from hessdistill.hessian.rows import (force_jacobian_rows, resolve_strategy, row_lanes, rows_generator,
+                                     sample_batch_rows, sample_rows)
 
 FORCE_MODES = ["direct", "conservative"]
 
@@ -59,28 +55,28 @@ def flat_rows(rows, ptr):
 
 
 # ---- sampling and lanes ------------------------------------------------------------------------------------
-def test_sample_hessian_rows_range_distinct_and_reproducible():
+def test_sample_batch_rows_range_distinct_and_reproducible():
     n_atoms = torch.tensor([2, 5, 3, 1])
     s = 3
-    rows = sample_hessian_rows(n_atoms, s, torch.Generator().manual_seed(7))
+    rows = sample_batch_rows(n_atoms, s, torch.Generator().manual_seed(7))
     assert rows.shape == (4, s) and rows.dtype == torch.int64
     for i, n in enumerate(n_atoms.tolist()):
         assert ((rows[i] >= 0) & (rows[i] < 3 * n)).all()
         assert len(set(rows[i].tolist())) == s
-    again = sample_hessian_rows(n_atoms, s, torch.Generator().manual_seed(7))
+    again = sample_batch_rows(n_atoms, s, torch.Generator().manual_seed(7))
     assert torch.equal(rows, again)
-    draws = {tuple(sample_hessian_rows(n_atoms, s, torch.Generator().manual_seed(k)).flatten().tolist())
+    draws = {tuple(sample_batch_rows(n_atoms, s, torch.Generator().manual_seed(k)).flatten().tolist())
              for k in range(10)}
     assert len(draws) > 1  # different seeds give different rows
 
 
-def test_sample_hessian_rows_cover_all_rows_uniformly():
+def test_sample_batch_rows_cover_all_rows_uniformly():
     gen = torch.Generator().manual_seed(0)
     n_atoms = torch.tensor([2, 4])  # 6 and 12 rows
     counts = torch.zeros(2, 12)
     draws = 3000
     for _ in range(draws):
-        rows = sample_hessian_rows(n_atoms, 2, gen)
+        rows = sample_batch_rows(n_atoms, 2, gen)
         for i in range(2):
             counts[i, rows[i]] += 1
     assert counts[0, 6:].sum() == 0  # structure 0 has only 6 rows
@@ -90,12 +86,30 @@ def test_sample_hessian_rows_cover_all_rows_uniformly():
     assert torch.allclose(freq1, torch.full((12,), 1 / 12), atol=0.015)
 
 
-def test_sample_hessian_rows_errors():
-    with pytest.raises(ValueError, match="s=7"):
-        sample_hessian_rows(torch.tensor([3, 2]), 7)  # structure 1 has only 6 rows
-    sample_hessian_rows(torch.tensor([3, 2]), 6)  # exactly 3N is allowed
+def test_sample_batch_rows_errors():
+    with pytest.raises(ValueError, match="structure 1: 7 Hessian rows asked per structure, 6 available"):
+        sample_batch_rows(torch.tensor([3, 2]), 7)  # structure 1 has only 6 rows
+    sample_batch_rows(torch.tensor([3, 2]), 6)  # exactly 3N is allowed
     with pytest.raises(ValueError, match="at least one"):
-        sample_hessian_rows(torch.tensor([3]), 0)
+        sample_batch_rows(torch.tensor([3]), 0)
+
+
+def test_sample_rows_draws_only_from_the_available_rows():
+    available = torch.tensor([4, 9, 17, 30])  # e.g. the k rows a row-subset store holds
+    drawn = {int(r) for k in range(50) for r in sample_rows(available, 2, torch.Generator().manual_seed(k))}
+    assert drawn == set(available.tolist())
+    with pytest.raises(ValueError, match=r"store\[3\]: 5 Hessian rows asked per structure, 4 available"):
+        sample_rows(available, 5, where="store[3]")
+
+
+def test_one_seed_rule_for_training_and_evaluation_rows():
+    # evaluation (no epoch): the same rows every call, 10 000·(1 + split seed) + structure
+    assert torch.equal(torch.randperm(9, generator=rows_generator(3, seed=2)),
+                       torch.randperm(9, generator=torch.Generator().manual_seed(30_003)))
+    # training: fresh rows per epoch, reproducible from (run seed, epoch, structure)
+    epoch0 = [torch.randperm(30, generator=rows_generator(3, seed=0, epoch=0)) for _ in range(2)]
+    epoch1 = torch.randperm(30, generator=rows_generator(3, seed=0, epoch=1))
+    assert torch.equal(*epoch0) and not torch.equal(epoch0[0], epoch1)
 
 
 def test_row_lanes_one_hot_layout():
@@ -126,7 +140,7 @@ def test_resolve_strategy():
 def test_force_jacobian_rows_match_finite_differences(force_mode):
     model = tiny_painn(force_mode)
     batch, out = student_outputs(model, two_molecules())
-    rows = sample_hessian_rows(batch.natoms, 4, torch.Generator().manual_seed(3))
+    rows = sample_batch_rows(batch.natoms, 4, torch.Generator().manual_seed(3))
     got = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=False, strategy="loop")
     assert got.shape == (4, batch.pos.shape[0], 3)
 
@@ -231,7 +245,7 @@ def test_teacher_lane_rows_equal_minus_jacobian_rows(ani_teacher):
     batch = make_batch(two_molecules())
     forces, pos = teacher_forces(ani_teacher, batch)
     hessians = batched_hessians(forces, pos, batch.ptr)
-    rows = sample_hessian_rows(batch.natoms, 3, torch.Generator().manual_seed(0))
+    rows = sample_batch_rows(batch.natoms, 3, torch.Generator().manual_seed(0))
     lanes = teacher_lane_rows(hessians, rows)
     got = force_jacobian_rows(forces, pos, rows, batch.ptr, create_graph=False)
     torch.testing.assert_close(lanes, -got, atol=1e-12, rtol=0)
@@ -253,7 +267,7 @@ def test_kd_loss_parameter_gradient_matches_finite_differences(force_mode, norm,
     model.ensure_graph(batch)
     forces, pos = teacher_forces(ani_teacher, batch)
     hessians = batched_hessians(forces, pos, batch.ptr)
-    rows = sample_hessian_rows(batch.natoms, 2, torch.Generator().manual_seed(11))
+    rows = sample_batch_rows(batch.natoms, 2, torch.Generator().manual_seed(11))
     teacher_rows = teacher_lane_rows(hessians, rows)
 
     params = {
@@ -284,7 +298,7 @@ def test_kd_loss_parameter_gradients_loop_vs_vmap(force_mode):
     model = tiny_painn(force_mode)
     batch = make_batch(two_molecules())
     model.ensure_graph(batch)
-    rows = sample_hessian_rows(batch.natoms, 3, torch.Generator().manual_seed(5))
+    rows = sample_batch_rows(batch.natoms, 3, torch.Generator().manual_seed(5))
     teacher_rows = torch.randn(3, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     grads = {}
     for strategy in ("loop", "vmap"):
@@ -302,7 +316,7 @@ def test_kd_loss_parameter_gradients_loop_vs_vmap(force_mode):
 def test_vmap_rows_on_cuda_match_cpu_loop(force_mode):
     model = tiny_painn(force_mode)
     atoms_list = two_molecules()
-    rows = sample_hessian_rows(torch.tensor([len(a) for a in atoms_list]), 4, torch.Generator().manual_seed(2))
+    rows = sample_batch_rows(torch.tensor([len(a) for a in atoms_list]), 4, torch.Generator().manual_seed(2))
     batch, out = student_outputs(model, atoms_list)
     cpu = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=False, strategy="loop")
 
@@ -310,7 +324,7 @@ def test_vmap_rows_on_cuda_match_cpu_loop(force_mode):
     batch_cuda = model.ensure_graph(make_batch(atoms_list)).to("cuda")  # graph built on the CPU
     out_cuda = model_cuda(batch_cuda, create_graph=True)
     assert resolve_strategy("auto", out_cuda["pos"].device) == "vmap"
-    from hessdistill.hessian import VMAP_FALLBACKS
+    from hessdistill.hessian.rows import VMAP_FALLBACKS
 
     before = VMAP_FALLBACKS["count"]
     gpu = force_jacobian_rows(out_cuda["forces"], out_cuda["pos"], rows.to("cuda"), batch_cuda.ptr,
@@ -334,7 +348,7 @@ class _NumpyBackwardSquare(torch.autograd.Function):
 
 
 def test_vmap_falls_back_to_loop_visibly(caplog):
-    from hessdistill import hessian as hess
+    from hessdistill.hessian import rows as hess
 
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     y = _NumpyBackwardSquare.apply(x)

@@ -25,7 +25,7 @@ def test_dft_forces_are_minus_energy_gradient():
 
 
 def test_langevin_snapshots_reproducible_and_moving():
-    from hessdistill.calculator import TorchCalculator
+    from hessdistill.integrations.ase_calculator import TorchCalculator
     from hessdistill.labelling.md_sampling import langevin_snapshots
     from hessdistill.teachers.ani import ANITeacher
 

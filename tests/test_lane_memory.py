@@ -15,10 +15,10 @@ import torch
 from conftest import WrappedTeacher, label_with, make_batch, rattled
 
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.hessian import batched_hessians
-from hessdistill.lane_memory import (LANE_BYTES_FACTOR, LaneChunker, MemoryBudget, SavedTensorBytes,
-                                     free_memory)
-from hessdistill.precompute import precompute_teacher
+from hessdistill.hessian.full import batched_hessians
+from hessdistill.hessian.memory import (LANE_BYTES_FACTOR, LaneChunker, LanesOutOfMemoryError, MemoryBudget,
+                                        SavedTensorBytes, free_memory)
+from hessdistill.precompute.run import precompute_teacher
 
 MOLECULES = ("CH3CH2OH", "C6H6", "CH4", "CH3COOH")
 
@@ -78,17 +78,16 @@ def graph_bytes(teacher, batch) -> int:
 
 def test_budgeted_hessians_are_chunked_as_estimated_and_unchanged(ani_teacher):
     batch = make_batch([rattled(n, seed=k) for k, n in enumerate(MOLECULES)])
-    _, _, whole = ani_teacher.hessians(batch)
-    assert ani_teacher.last_chunk_sizes is None
+    whole = ani_teacher.hessians(batch)
+    assert whole.chunk_sizes is None
     per_lane = LANE_BYTES_FACTOR * graph_bytes(ani_teacher, batch)
-    _, _, chunked = ani_teacher.hessians(batch, MemoryBudget(gib=3.5 * per_lane / 2**30))
+    chunked = ani_teacher.hessians(batch, MemoryBudget(gib=3.5 * per_lane / 2**30))
     width = 3 * int((batch.ptr[1:] - batch.ptr[:-1]).max())
-    sizes = ani_teacher.last_chunk_sizes
+    sizes = chunked.chunk_sizes
     assert sizes == [3] * (width // 3) + ([width % 3] if width % 3 else []) and sum(sizes) == width
-    for a, b in zip(whole, chunked):
+    for a, b in zip(whole.hessians, chunked.hessians):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    ani_teacher.hessians(batch, MemoryBudget(gib=1000))
-    assert ani_teacher.last_chunk_sizes == [width]
+    assert ani_teacher.hessians(batch, MemoryBudget(gib=1000)).chunk_sizes == [width]
 
 
 def test_batched_hessians_take_a_chunker(ani_teacher):
@@ -108,8 +107,8 @@ MEASURE = textwrap.dedent("""
     import torch
     sys.path.insert(0, {tests!r})
     from conftest import make_batch, rattled
-    from hessdistill.hessian import batched_hessians
-    from hessdistill.lane_memory import SavedTensorBytes
+    from hessdistill.hessian.full import batched_hessians
+    from hessdistill.hessian.memory import SavedTensorBytes
     from hessdistill.teachers.ani import ANITeacher
 
     torch.set_num_threads(1)
@@ -144,17 +143,18 @@ def test_estimate_bounds_the_measured_memory_of_the_lanes():
 
 
 class OutOfMemoryOverLanes(WrappedTeacher):
-    """Raises CUDA OOM when a Hessian call ran a chunk of more than ``limit`` lanes."""
+    """Raises CUDA OOM, as ``batched_hessians`` does, when a Hessian call ran a chunk of more than ``limit`` lanes."""
 
     def __init__(self, teacher, limit: int) -> None:
         super().__init__(teacher)
-        self.limit, self.budgets = limit, []
+        self.limit, self.budgets, self.chunk_sizes = limit, [], []
 
     def hessians(self, batch, chunk_size=None, strategy="auto"):
         self.budgets.append(chunk_size)
         out = self.inner.hessians(batch, chunk_size, strategy)
-        if max(self.inner.last_chunk_sizes) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.chunk_sizes = out.chunk_sizes
+        if max(out.chunk_sizes) > self.limit:
+            raise LanesOutOfMemoryError(max(out.chunk_sizes), "CUDA out of memory (simulated)")
         return out
 
 
@@ -166,11 +166,11 @@ def test_out_of_memory_halves_the_budget_until_the_chunks_fit(tmp_path, ani_teac
         result = precompute_teacher(store, flaky, batch_size=1, chunk_size="auto", memory_budget_gib=1000,
                                     progress=False)
         assert result["computed"] == len(structures) and store.teacher_done("ani1x").all()
-        assert max(flaky.inner.last_chunk_sizes) <= 4
+        assert max(flaky.chunk_sizes) <= 4
         gib = [b.gib for b in flaky.budgets]
         assert gib[0] == 1000 and gib[1] == 500 and min(gib) == gib[-1] < 1000  # halved, then kept
         for i, s in enumerate(structures):
-            _, _, (exact,) = ani_teacher.hessians(make_batch([s.to_atoms()]))
+            (exact,) = ani_teacher.hessians(make_batch([s.to_atoms()])).hessians
             np.testing.assert_allclose(store.hessian("ani1x", i), exact.numpy(), atol=1e-5)
 
 
@@ -188,7 +188,7 @@ def test_cuda_lanes_stay_within_the_budget_and_learn_their_cost():
 
     teacher = ANITeacher("ani1x").freeze().to("cuda")
     batch = make_batch([rattled(n, seed=k) for k, n in enumerate(MOLECULES * 4)], teacher.dtype)
-    _, _, whole = teacher.hessians(batch)
+    whole = teacher.hessians(batch).hessians
     b = teacher._prepare(batch)
     with torch.enable_grad():
         with SavedTensorBytes() as graph:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute.run import precompute_teacher
 
 from conftest import label_with, rattled
 
@@ -20,7 +20,7 @@ CHILD = """
 import sys, torch
 torch.set_num_threads(1)
 from hessdistill.data.store import HessianStore
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute.run import precompute_teacher
 from hessdistill.teachers.ani import ANITeacher
 teacher = ANITeacher()
 print("ready", flush=True)

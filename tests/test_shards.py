@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.cli.precompute import run
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.precompute import open_shard, parse_shard, shard_indices
+from hessdistill.precompute.shards import open_shard, parse_shard, shard_indices
 
 from conftest import label_with, rattled
 

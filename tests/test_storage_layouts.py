@@ -8,7 +8,7 @@ import torch
 
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.store import HessianStore, StoreError, write_structures
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute.run import precompute_teacher
 
 from conftest import label_with, make_batch, rattled
 
@@ -27,7 +27,7 @@ def test_symmetric_layouts_round_trip(small_store, ani_teacher, layout, dtype, r
     store = HessianStore(small_store, mode="a")
     precompute_teacher(store, ani_teacher, layout=layout, dtype=dtype, progress=False)
     batch = make_batch([store.structure(i).to_atoms() for i in range(len(store))])
-    _, _, exact = ani_teacher.hessians(batch)
+    exact = ani_teacher.hessians(batch).hessians
     for i, h in enumerate(exact):
         h = h.numpy()
         got = store.hessian("ani1x", i)
@@ -50,7 +50,7 @@ def test_row_subset_precompute_stores_exact_rows_and_resumes(small_store, ani_te
     result = precompute_teacher(store, ani_teacher, layout="rows", rows_per_structure=k, seed=7, progress=False)
     assert result["computed"] == len(store)
     batch = make_batch([store.structure(i).to_atoms() for i in range(len(store))])
-    _, _, exact = ani_teacher.hessians(batch)
+    exact = ani_teacher.hessians(batch).hessians
     for i, h in enumerate(exact):
         stored = store.stored_rows("ani1x", i)
         assert len(stored) == k == len(set(stored.tolist()))

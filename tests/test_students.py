@@ -14,8 +14,8 @@ from scipy.spatial.transform import Rotation
 from conftest import make_batch, rattled
 from hessdistill import losses
 from hessdistill.cli.config_path import CONFIG_DIR
-from hessdistill.hessian import (VMAP_FALLBACKS, finite_difference_force_jacobian, force_jacobian_rows,
-                                 sample_hessian_rows)
+from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
+from hessdistill.hessian.rows import VMAP_FALLBACKS, force_jacobian_rows, sample_batch_rows
 
 FORCE_MODES = ("direct", "conservative")
 TINY = {  # student config name → tiny hyper-parameters (same code paths as the defaults)
@@ -73,7 +73,7 @@ def test_rows_match_autograd_jacobian_and_finite_differences(name, force_mode):
     model = build(name, force_mode)
     batch = graph_batch(model, molecules())
     out = model(batch, create_graph=True)
-    rows = sample_hessian_rows(batch.natoms, 4, torch.Generator().manual_seed(3))
+    rows = sample_batch_rows(batch.natoms, 4, torch.Generator().manual_seed(3))
     got = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=False, strategy="vmap")
     n = batch.pos.shape[0]
     jac = torch.autograd.functional.jacobian(force_fn(model, batch), batch.pos.clone()).reshape(3 * n, 3 * n)
@@ -92,7 +92,7 @@ def test_rows_match_autograd_jacobian_and_finite_differences(name, force_mode):
 def test_kd_loss_parameter_gradient_matches_finite_differences(name, force_mode):
     model = build(name, force_mode)
     batch = graph_batch(model, molecules())
-    rows = sample_hessian_rows(batch.natoms, 2, torch.Generator().manual_seed(5))
+    rows = sample_batch_rows(batch.natoms, 2, torch.Generator().manual_seed(5))
     target = torch.randn(2, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
     def loss():
@@ -125,7 +125,7 @@ def test_kd_parameter_gradients_through_vmap_equal_the_loop(name, force_mode):
     """Training on a GPU takes the vmapped VJP with create_graph (auto = vmap on CUDA): same gradients."""
     model = build(name, force_mode)
     batch = graph_batch(model, molecules())
-    rows = sample_hessian_rows(batch.natoms, 3, torch.Generator().manual_seed(2))
+    rows = sample_batch_rows(batch.natoms, 3, torch.Generator().manual_seed(2))
     target = torch.randn(3, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     grads, fallbacks = {}, VMAP_FALLBACKS["count"]
     for strategy in ("loop", "vmap"):

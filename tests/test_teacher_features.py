@@ -8,7 +8,7 @@ import torch
 from ase.units import Hartree
 
 from hessdistill.data.store import HessianStore, StoreError, write_structures
-from hessdistill.precompute import precompute_teacher
+from hessdistill.precompute.run import precompute_teacher
 
 from conftest import label_with, make_batch, rattled
 

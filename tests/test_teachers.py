@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_batch, rattled, shared_file
-from hessdistill.hessian import finite_difference_force_jacobian
+from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.teachers.base import UnsupportedElementError
 
 
@@ -51,7 +51,9 @@ def check_teacher_derivatives(teacher, atoms_list, force_tol: float, hessian_rto
     # δ = 1e-5 Å: ANI's third derivatives are large enough that δ = 1e-4 leaves a 1e-5 eV/Å truncation error
     torch.testing.assert_close(forces, fd_forces(teacher, make_batch(atoms_list), 1e-5), atol=force_tol, rtol=0)
 
-    e2, f2, hessians = teacher.hessians(make_batch(atoms_list))
+    out = teacher.hessians(make_batch(atoms_list))
+
+    e2, f2, hessians = out.energy, out.forces, out.hessians
     torch.testing.assert_close(e2, energy.detach())
     torch.testing.assert_close(f2, forces.detach())
     for atoms, h in zip(atoms_list, hessians):
@@ -107,7 +109,7 @@ def test_ani_rejects_unsupported_elements_naming_the_structure(ani_teacher):
 def test_precompute_reports_store_index_of_unsupported_structure(tmp_path, ani_teacher):
     from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
 
     structures = label_with(ani_teacher, [rattled("H2O"), rattled("CH4")])
     sulfur = structures[0].__class__.from_atoms(rattled("SH2"))
@@ -123,7 +125,7 @@ def test_precompute_reports_store_index_of_unsupported_structure(tmp_path, ani_t
 def test_precompute_is_resumable_and_matches_teacher(tmp_path, ani_teacher):
     from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute import precompute_teacher
+    from hessdistill.precompute.run import precompute_teacher
 
     atoms_list = [rattled("H2O", seed=1), rattled("NH3", seed=2), rattled("CH4", seed=3)]
     path = tmp_path / "s.h5"
@@ -137,7 +139,7 @@ def test_precompute_is_resumable_and_matches_teacher(tmp_path, ani_teacher):
     assert store.teacher_done("ani1x").all()
     assert np.all(store.hessian("ani1x", 1) == 0)  # skipped: already marked done
     for i in (0, 2):
-        _, _, (h,) = ani_teacher.hessians(make_batch([atoms_list[i]]))
+        (h,) = ani_teacher.hessians(make_batch([atoms_list[i]])).hessians
         np.testing.assert_allclose(store.hessian("ani1x", i), h.numpy(), rtol=1e-5, atol=1e-4)
         energy, forces = store.teacher_labels("ani1x", i)
         np.testing.assert_allclose(forces, store.structure(i).forces, atol=1e-12)  # labelled by the same teacher
@@ -204,7 +206,8 @@ def test_real_mace_model_file_loads_and_gives_symmetric_hessian():
     assert {1, 6, 7, 8, 16} <= set(teacher.elements)
     assert teacher.r_max > 0 and teacher.dtype == torch.float64
     atoms_list = [rattled("H2O", seed=5), rattled("CH3SH", seed=6)]  # sulfur is in this model
-    energy, forces, hessians = teacher.hessians(make_batch(atoms_list))
+    out = teacher.hessians(make_batch(atoms_list))
+    energy, forces, hessians = out.energy, out.forces, out.hessians
     assert torch.isfinite(energy).all() and torch.isfinite(forces).all()
     for atoms, h in zip(atoms_list, hessians):
         assert h.shape == (3 * len(atoms), 3 * len(atoms))
@@ -227,7 +230,7 @@ def test_mace_teacher_rejects_missing_file_and_unknown_head(tmp_path):
 
 def test_vmap_path_is_really_taken_for_ani_and_mace(ani_teacher):
     """The batched vmap Hessian path must not fall back to the loop for our teachers (it would only be slower)."""
-    from hessdistill import hessian as hess
+    from hessdistill.hessian import rows as hess
     from hessdistill.teachers.mace import MACETeacher
 
     before = hess.VMAP_FALLBACKS["count"]

@@ -23,8 +23,10 @@ from omegaconf import DictConfig
 
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
+from hessdistill.data.labels import StoredLabels
+from hessdistill.data.store import HessianStore
 from hessdistill.evaluation.accuracy import evaluate_split
-from hessdistill.evaluation.checkpoint import load_student
+from hessdistill.evaluation.checkpoint import checkpoint_weights, load_student
 from hessdistill.evaluation.md import md_report
 from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
 from hessdistill.evaluation.relax import relaxation_report, spectra_report
@@ -46,17 +48,24 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     student = load_student(cfg.checkpoint)
     teacher = hydra.utils.instantiate(cfg.teacher)
-    dm = StoreDataModule(store=cfg.subset.store, split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed,
+    with HessianStore(cfg.subset.store) as store:
+        labelled = store.is_complete(teacher.name)
+    if not labelled:
+        log.warning("%s has no complete labels from teacher %s: no teacher accuracy or Hessian-row MAE",
+                    cfg.subset.store, teacher.name)
+    dm = StoreDataModule(store=cfg.subset.store, labels=StoredLabels(teacher.name) if labelled else None,
+                         split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed,
                          split_by=cfg.subset.get("split_by"), split_file=cfg.split_file or cfg.subset.get("split_file"),
-                         cutoff=student.cutoff, max_neighbors=student.max_neighbors)
+                         cutoff=student.cutoff, max_neighbors=student.max_neighbors, eval_rows=cfg.rows,
+                         dtype=str(next(student.parameters()).dtype).removeprefix("torch."))
+    if cfg.split not in dm.splits:
+        raise ValueError(f"unknown split {cfg.split!r}; choose one of {sorted(dm.splits)}")
     indices = dm.splits[cfg.split]
     if len(indices) == 0:
         raise ValueError(f"split {cfg.split!r} of {cfg.subset.store} is empty")
-    name = teacher.name if teacher.name in dm.store.teachers() and dm.store.teacher_done(teacher.name).all() else None
-    if name is None:
-        log.warning("%s has no complete labels from teacher %s: no teacher accuracy or Hessian-row MAE",
-                    cfg.subset.store, teacher.name)
-    accuracy = evaluate_split(student, dm.store, indices, name, cfg.rows, cfg.batch_size, cfg.graph_backend)
+    weights = checkpoint_weights(cfg.checkpoint)
+    accuracy = evaluate_split(student, dm.dataset(cfg.split), cfg.batch_size, weights.get("energy", 1.0),
+                              weights.get("forces", 1.0))
     result = {"checkpoint": str(cfg.checkpoint), "store": str(cfg.subset.store), "split": cfg.split,
               "teacher": teacher.name, "accuracy": accuracy["metrics"]}
     parity_plot(out / "parity.png", accuracy["arrays"], accuracy["metrics"],

@@ -24,7 +24,7 @@ import ase.io
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from hessdistill.calculator import TorchCalculator
+from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.data.store import write_structures
 from hessdistill.data.structures import Structure
 from hessdistill.labelling.append_log import append_frame, read_complete

@@ -18,7 +18,8 @@ from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
-from hessdistill.precompute import merge_shards, open_shard, parse_shard, precompute_teacher, shard_indices
+from hessdistill.precompute.run import precompute_teacher
+from hessdistill.precompute.shards import merge_shards, open_shard, parse_shard, shard_indices
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,18 @@
 """``hessdistill-train``: train a student on a store, undistilled or with Hessian distillation.
 
     hessdistill-train experiment=demo distill=hessian
-    hessdistill-train --multirun experiment=demo distill.lambda_kd=100,400
+    hessdistill-train --multirun experiment=demo weights.hessian=100,400 rows=1,4
+
+The config describes the run: the student, the loss terms (``distill``), the datamodule, optimizer, scheduler,
+callbacks and trainer are all Hydra ``_target_`` objects; this command only wires them. Which teacher labels the
+run reads follows from what its loss terms declare (``training.terms``), from the store or, with
+``teacher_mode=online``, from the teacher during training.
 
 Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
 split; point ``subset.split_file`` at it to reuse it) and ``run_info.json`` (git commit, package versions) into the
 run directory, beside Hydra's ``.hydra/config.yaml``. ``ckpt_path=…/last.ckpt`` resumes a run where it stopped
-(weights, optimiser, EMA, λ_KD halvings; shuffles and rows are seeded per epoch), reproducing its curve. The subset's store is built first
-if it does not exist.
+(weights, optimiser, EMA, λ_KD halvings; shuffles and rows are seeded per epoch), reproducing its curve. The
+subset's store is built first if it does not exist.
 """
 
 from __future__ import annotations
@@ -20,52 +25,44 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hessdistill.cli.config_path import CONFIG_DIR
-from hessdistill.data.datamodule import StoreDataModule
+from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
-from hessdistill.training.callbacks import HalveKDWeight
 from hessdistill.training.module import DistillModule
+from hessdistill.training.terms import Loss
 
 log = logging.getLogger(__name__)
 
+TEACHER_MODES = ("precomputed", "online")
 
-def teacher_for_training(cfg: DictConfig) -> str | None:
-    """The teacher whose labels the run reads: required for KD terms, else used (when present) for reference.
-    None in online mode, where the teacher itself runs during training."""
+
+def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
+    """The run's one label source. Online: the teacher itself. Precomputed: the store's labels of the teacher, which
+    must be complete when a term compares against a teacher field; otherwise they are read when complete (teacher
+    metrics and λ_KD halving) and skipped when not (None)."""
+    if cfg.teacher_mode not in TEACHER_MODES:
+        raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {cfg.teacher_mode!r}")
+    needed = sorted(field for field in loss.targets if field.startswith("teacher_"))
     if cfg.teacher_mode == "online":
-        return None
-    name = cfg.teacher.name
-    needs = cfg.distill.rows > 0 or cfg.distill.weights.hessian > 0 or cfg.distill.weights.force_kd > 0 \
-        or cfg.distill.weights.get("n2n", 0.0) > 0 or bool(cfg.distill.get("a2a", False))
-    store = HessianStore(cfg.subset.store)
-    complete = name in store.teachers() and bool(store.teacher_done(name).all())
-    store.close()
-    if needs and not complete:
-        raise FileNotFoundError(f"{cfg.subset.store}: no complete labels from teacher {name!r}; "
-                                f"run `hessdistill-precompute teacher={name} subset={cfg.subset.name}` first")
-    return name if complete else None
-
-
-def baseline_inputs(cfg: DictConfig, n2n: bool, a2a: bool) -> dict:
-    """What the n2n and a2a baselines read from the store: the teacher's node-feature width and its element
-    embeddings (both stored by ``hessdistill-precompute ... features=true``)."""
-    if not (n2n or a2a):
-        return {}
-    if cfg.teacher_mode == "online":
-        raise ValueError("the n2n and a2a baselines read teacher features from the store: use teacher_mode=precomputed")
-    with HessianStore(cfg.subset.store) as store:
-        out = {}
-        if n2n:
-            out["n2n_features"] = store.node_feature_width(cfg.teacher.name)
-        if a2a:
-            z, table = store.element_embeddings(cfg.teacher.name)
-            out["a2a_embeddings"] = {"z": z.tolist(), "table": table.tolist()}
-    return out
+        source = OnlineLabels(hydra.utils.instantiate(cfg.teacher), cfg.row_strategy)
+    else:
+        name = cfg.teacher.name
+        with HessianStore(cfg.subset.store) as store:
+            if needed:
+                store.require_complete(name, f"hessdistill-precompute teacher={name} subset={cfg.subset.name}"
+                                             + (" features=true" if "teacher_node_features" in needed else ""))
+            elif not store.is_complete(name):
+                return None
+        source = StoredLabels(name, node_features="teacher_node_features" in needed)
+    missing = [field for field in needed if field not in source.provides]
+    if missing:
+        raise ValueError(f"teacher_mode={cfg.teacher_mode}: the loss terms need {missing}, which this label source "
+                         f"does not provide (it provides {sorted(source.provides)})")
+    return source
 
 
 def write_run_info(output_dir: Path) -> dict:
@@ -87,7 +84,7 @@ def write_run_info(output_dir: Path) -> dict:
 
     versions = {}
     for name in ("hessdistill", "torch", "lightning", "torch-geometric", "hydra-core", "numpy", "h5py", "ase",
-                 "torchani", "mace-torch", "e3nn", "chgnet", "torch-cluster"):
+                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -100,43 +97,37 @@ def write_run_info(output_dir: Path) -> dict:
     return info
 
 
+def callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
+    """The configured callbacks; a checkpoint callback without a dirpath writes into ``<run dir>/checkpoints``."""
+    out = []
+    for config in cfg.callbacks.values():
+        extra = {"dirpath": str(Path(output_dir) / "checkpoints")} if "dirpath" in config and config.dirpath is None \
+            else {}
+        out.append(hydra.utils.instantiate(config, **extra))
+    return out
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.teacher_mode not in ("precomputed", "online"):
-        raise ValueError(f"teacher_mode must be 'precomputed' or 'online', got {cfg.teacher_mode!r}")
-    if cfg.distill.weights.hessian > 0 and cfg.distill.rows < 1:
-        raise ValueError("distill.weights.hessian > 0 needs distill.rows >= 1")
     build_store(cfg.subset)
-    n2n = cfg.distill.weights.get("n2n", 0.0) > 0
-    baseline = baseline_inputs(cfg, n2n, bool(cfg.distill.get("a2a", False)))
-    dm = StoreDataModule(store=cfg.subset.store, teacher=teacher_for_training(cfg), rows=cfg.distill.rows,
-                         batch_size=cfg.subset.batch_size, eval_batch_size=cfg.subset.eval_batch_size,
-                         split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed, cutoff=cfg.student.cutoff,
-                         max_neighbors=cfg.student.max_neighbors, graph_backend=cfg.graph_backend,
-                         num_workers=cfg.num_workers, eval_rows=cfg.eval_rows, online=cfg.teacher_mode == "online",
-                         split_by=cfg.subset.get("split_by"), split_file=cfg.subset.get("split_file"),
-                         node_features=n2n, seed=cfg.seed)
+    module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
+                           optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy)
+    labels = label_source(cfg, module.loss)
+    dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
     main_process = rank_zero_only.rank == 0  # under DDP every rank runs this function; one writes the files
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")
-    module = DistillModule(student=cfg.student, weights=OmegaConf.to_container(cfg.distill.weights, resolve=True),
-                           kd_norm=cfg.distill.kd_norm, row_strategy=cfg.row_strategy, **cfg.optim,
-                           teacher=hydra.utils.instantiate(cfg.teacher) if cfg.teacher_mode == "online" else None,
-                           **baseline)
     module.student.set_energy_statistics(*dm.energy_statistics())
-    callbacks = [EMAWeightAveraging(decay=cfg.ema_decay), HalveKDWeight(**cfg.distill.halve_kd),
-                 # best.ckpt: lowest validation loss; last.ckpt: the final weights (those the test metrics are of)
-                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", monitor="val/loss_ef", filename="best",
-                                 enable_version_counter=False),
-                 ModelCheckpoint(dirpath=Path(output_dir) / "checkpoints", filename="last", enable_version_counter=False),
-                 LearningRateMonitor()]
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks, default_root_dir=output_dir)
+    # validation and test need forces and Hessian rows (autograd), which inference mode forbids
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks(cfg, output_dir),
+                                      default_root_dir=output_dir, inference_mode=False)
     if main_process:
         write_run_info(Path(output_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
-              "epochs": trainer.current_epoch, "lambda_kd_final": module.weights.hessian}
+              "epochs": trainer.current_epoch,
+              "final_weights": {name: module.loss.weight(name) for name in module.loss.terms}}
     if cfg.test:
         (test,) = trainer.test(module, datamodule=dm, verbose=False)
         result["test"] = {k: float(v) for k, v in test.items()}

@@ -1,11 +1,8 @@
-"""Lightning data module streaming structures and sampled teacher Hessian rows from a HessianStore.
+"""Lightning data module streaming structures and their labels from a HessianStore.
 
-Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s
-sampled Hessian rows) per item. The radius graph is built per structure in the workers.
-Per-item fields added to the structure's PyG Data: edge_index (2, E), edge_shift (E, 3) Å, idx (store index),
-and with a teacher: teacher_energy (1,) eV, teacher_forces (N, 3) eV/Å, hess_row (1, s) row indices sampled
-uniformly from the rows the store holds (all 3N, or the k of a row-subset store),
-hess_rows (N, s, 3) eV/Å² (batched: (Ntot, s, 3), ``.permute(1, 0, 2)`` gives the (s, Ntot, 3) lanes).
+Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s sampled
+Hessian rows) per item. The radius graph is built per structure in the workers. Items and batches follow the batch
+schema (``hessdistill.data.keys``); teacher fields come from the run's one label source (``data.labels``).
 """
 
 from __future__ import annotations
@@ -19,22 +16,10 @@ from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
 from hessdistill.data.graph import radius_graph
+from hessdistill.data.labels import TeacherLabels
 from hessdistill.data.splits import read_split_file, split_indices, write_split_file
 from hessdistill.data.store import HessianStore
-from hessdistill.hessian import rows_to_atom_layout
-
-
-def _sample_rows(available: torch.Tensor, s: int, generator: torch.Generator | None, where: str) -> torch.Tensor:
-    """s distinct rows drawn uniformly from ``available`` (1-D), as (1, s) so PyG stacks them to (B, s)."""
-    if len(available) < s:
-        raise ValueError(f"{where}: {s} Hessian rows asked per structure, {len(available)} stored")
-    return available[torch.randperm(len(available), generator=generator)[:s]].unsqueeze(0)
-
-
-def epoch_seed(*keys: int) -> int:
-    """A 63-bit seed from non-negative keys, e.g. (run seed, epoch) for the order or (run seed, epoch, structure)
-    for its rows: independent streams, the same on every resume."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+from hessdistill.hessian.rows import mixed_seed, rows_generator
 
 
 class EpochSampler(Sampler):
@@ -65,96 +50,68 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         rank, world = self._rank_world()
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch)))
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch)))
         padded = torch.cat([order, order[: len(self) * world - self.n]])
         return iter([(int(k), self.epoch) for k in padded[rank::world]])
 
 
 class StoreDataset(Dataset):
-    """Items of a store as PyG Data with graph, teacher labels and s sampled Hessian rows.
+    """Items of a store: a structure with its radius graph, reference labels and, from ``labels`` (None: none), its
+    teacher labels with ``rows`` sampled Hessian rows.
 
-    teacher: the store's teacher group to read labels and rows from, or None. online: sample s row indices
-    over all 3N rows (``hess_row`` only) for a teacher that computes them during training; no teacher labels read.
-    node_features: also read the teacher's node features, teacher_node_features (N, F_t) (n2n baseline).
-    fixed_rows_seed: an int gives each structure the same rows every epoch (validation/test); None draws fresh rows:
-    seeded by (rows_seed, epoch, structure) for (k, epoch) keys from ``EpochSampler`` (training), else from torch's
-    global generator.
+    Rows follow the one seed rule (``hessian.rows.rows_generator``) with ``rows_seed``: a (k, epoch) key from
+    ``EpochSampler`` draws fresh rows per epoch (training: pass the run seed); a plain position k draws the same
+    rows every time (validation, test, evaluation: pass the split seed).
     """
 
-    def __init__(self, store: HessianStore, indices: np.ndarray, teacher: str | None, rows: int, cutoff: float,
-                 max_neighbors: int, graph_backend: str = "auto", dtype: torch.dtype = torch.float32,
-                 fixed_rows_seed: int | None = None, online: bool = False, node_features: bool = False,
-                 rows_seed: int = 0) -> None:
-        self.store, self.indices, self.teacher, self.rows = store, np.asarray(indices), teacher, rows
-        self.node_features, self.rows_seed = node_features, rows_seed
+    def __init__(self, store: HessianStore, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
+                 cutoff: float, max_neighbors: int | None, graph_backend: str = "auto",
+                 dtype: torch.dtype = torch.float32, rows_seed: int = 0) -> None:
+        self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
         self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
-        self.fixed_rows_seed, self.online = fixed_rows_seed, online
+        self.rows_seed = rows_seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, key):
-        """key: a position k, or (k, epoch) from ``EpochSampler`` (rows seeded by rows_seed, epoch and structure)."""
+        """key: a position k, or (k, epoch) from ``EpochSampler``."""
         k, epoch = key if isinstance(key, tuple) else (key, None)
         i = int(self.indices[k])
         data = self.store.structure(i).to_data(self.dtype)
         data.idx = torch.tensor([i])
         data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
                                                         data.pbc[0], self.graph_backend)
-        if self.fixed_rows_seed is not None:
-            gen = torch.Generator().manual_seed(self.fixed_rows_seed + i)
-        elif epoch is not None:
-            gen = torch.Generator().manual_seed(epoch_seed(self.rows_seed, epoch, i))
-        else:
-            gen = None
-        if self.online and self.rows > 0:
-            data.hess_row = _sample_rows(torch.arange(3 * data.num_nodes), self.rows, gen, f"{self.store.path}[{i}]")
-        elif self.teacher is not None:
-            energy, forces = self.store.teacher_labels(self.teacher, i)
-            data.teacher_energy = torch.tensor([energy], dtype=self.dtype)
-            data.teacher_forces = torch.as_tensor(forces, dtype=self.dtype)
-            if self.node_features:
-                data.teacher_node_features = torch.as_tensor(self.store.node_features(self.teacher, i), dtype=self.dtype)
-            if self.rows > 0:
-                available = torch.as_tensor(self.store.stored_rows(self.teacher, i))
-                data.hess_row = _sample_rows(available, self.rows, gen, f"{self.store.path}[{i}]")
-                h = self.store.hessian_rows(self.teacher, i, data.hess_row[0].numpy())
-                data.hess_rows = rows_to_atom_layout(torch.as_tensor(h, dtype=self.dtype))
+        if self.labels is not None:
+            self.labels.label_item(data, self.store, i, self.rows, rows_generator(i, self.rows_seed, epoch))
         return data
 
 
 class StoreDataModule(L.LightningDataModule):
     """Train/val/test loaders over one store.
 
+    labels: the run's teacher-label source (``StoredLabels`` or ``OnlineLabels``; None: reference labels only);
+    rows: Hessian rows per training structure, eval_rows per validation/test structure.
     split: sizes as fractions or counts (``hessdistill.data.splits``); split_by: None splits structures, an info key
     (e.g. "molecule") splits whole groups; split_file: a JSON split record — read when it exists (and checked to
     belong to this store), else written there, so every later run uses exactly the same split.
-    online: the teacher runs during training (``DistillModule(teacher=...)``); items carry sampled row indices only.
-    node_features: items also carry the teacher's node features (the store must have them: features=true).
     seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
     """
 
-    def __init__(self, store: str, teacher: str | None = None, rows: int = 1, batch_size: int = 8,
+    def __init__(self, store: str, labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
-                 cutoff: float = 5.0, max_neighbors: int = 50, graph_backend: str = "auto", num_workers: int = 0,
-                 eval_rows: int = 4, dtype: str = "float32", online: bool = False, split_by: str | None = None,
-                 split_file: str | None = None, node_features: bool = False, seed: int = 0) -> None:
+                 cutoff: float = 5.0, max_neighbors: int | None = None, graph_backend: str = "auto",
+                 num_workers: int = 0, eval_rows: int = 4, dtype: str = "float32", split_by: str | None = None,
+                 split_file: str | None = None, seed: int = 0) -> None:
         super().__init__()
-        self.store_path, self.teacher, self.rows = store, teacher, rows
+        self.store_path, self.labels, self.rows = store, labels, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
         self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
-        self.eval_rows, self.online, self.node_features, self.seed = eval_rows, online, node_features, seed
+        self.eval_rows, self.seed = eval_rows, seed
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
         self.splits = self._make_splits(split_file)
-        if online and teacher is not None:
-            raise ValueError("online teacher mode reads no teacher labels from the store: pass teacher=None")
-        if teacher is not None:
-            done = self.store.teacher_done(teacher)
-            if not done.all():
-                raise ValueError(f"{store}: teacher {teacher!r} labels exist for {int(done.sum())}/{len(done)} structures;"
-                                 f" finish precompute first")
 
     def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
         self.fingerprint = self.store.fingerprint()  # reads every position once; reused by write_split_file
@@ -173,16 +130,16 @@ class StoreDataModule(L.LightningDataModule):
                          seed=self.split_seed, split_by=self.split_by)
 
     def dataset(self, name: str) -> StoreDataset:
+        """The dataset of split ``name``: training rows per epoch from the run seed, fixed rows from the split seed."""
         training = name == "train"
-        return StoreDataset(self.store, self.splits[name], self.teacher, self.rows if training else self.eval_rows,
+        return StoreDataset(self.store, self.splits[name], self.labels, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
-                            fixed_rows_seed=None if training else 10_000 * (1 + self.split_seed), online=self.online,
-                            node_features=self.node_features, rows_seed=self.seed)
+                            rows_seed=self.seed if training else self.split_seed)
 
     def train_dataloader(self):
         dataset = self.dataset("train")
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed), drop_last=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed),
+                          drop_last=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):
         return DataLoader(self.dataset("val"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
@@ -190,18 +147,11 @@ class StoreDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return DataLoader(self.dataset("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Labels computed per batch on the training device (online teacher); stored labels pass through."""
+        return batch if self.labels is None else self.labels.label_batch(batch)
+
     def energy_statistics(self) -> tuple[torch.Tensor, float]:
-        """Per-element reference energies (119,) eV by least squares on the training split, and force RMS eV/Å."""
-        g = self.store.file["structures"]
-        z, offsets, energy = g["z"][:], self.store.offsets, g["energy"][:]
-        train = self.splits["train"]
-        counts = np.zeros((len(train), 119))
-        for row, i in enumerate(train):
-            np.add.at(counts[row], z[offsets[i] : offsets[i + 1]], 1)
-        present = counts.any(axis=0)
-        coef, *_ = np.linalg.lstsq(counts[:, present], energy[train], rcond=None)
-        refs = np.zeros(119)
-        refs[present] = coef
-        atoms = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in train])
-        force_rms = float(np.sqrt((g["forces"][:][atoms] ** 2).mean()))
+        """Per-element reference energies (119,) eV fitted on the training split, and its force RMS, eV/Å."""
+        refs, force_rms = self.store.energy_statistics(self.splits["train"])
         return torch.as_tensor(refs), force_rms

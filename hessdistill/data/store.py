@@ -192,6 +192,36 @@ class HessianStore:
         for i in range(len(self)) if indices is None else indices:
             yield self.structure(int(i))
 
+    def copy_structures(self, path: str | Path) -> Path:
+        """A new store at ``path`` holding this store's structures and root attributes, no teacher labels (written
+        to a ``.partial`` file first, so never half-made)."""
+        path = Path(path)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            with h5py.File(partial, "w") as out:
+                out.attrs.update(dict(self.file.attrs))
+                self.file.copy(self.file["structures"], out, "structures")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.rename(path)
+        return path
+
+    def energy_statistics(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-element reference energies (119,) eV by least squares over structures ``indices`` (an element absent
+        from them gets 0), and their force RMS, eV/Å: what a student's energy head is scaled and shifted by."""
+        g = self._structure_reader()
+        z, energy = g["z"][:], g["energy"][:]
+        counts = np.zeros((len(indices), 119))
+        for row, i in enumerate(indices):
+            np.add.at(counts[row], z[self.offsets[i] : self.offsets[i + 1]], 1)
+        present = counts.any(axis=0)
+        coef, *_ = np.linalg.lstsq(counts[:, present], energy[indices], rcond=None)
+        refs = np.zeros(119)
+        refs[present] = coef
+        atoms = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
+        return refs, float(np.sqrt((g["forces"][:][atoms] ** 2).mean()))
+
     # ---- teachers -------------------------------------------------------------------------------------
     def teachers(self) -> list[str]:
         names = self.file["teachers"].keys() if "teachers" in self.file else []
@@ -328,7 +358,47 @@ class HessianStore:
         return g["element_z"][:].astype(np.int64), g["element_embeddings"][:]
 
     def teacher_done(self, teacher: str) -> np.ndarray:
+        """(M,) completion marks of ``teacher`` (all False when the store has no such teacher)."""
         return self.teacher_group(teacher)["done"][:] if teacher in self.teachers() else np.zeros(len(self), bool)
+
+    def is_complete(self, teacher: str) -> bool:
+        """Whether every structure has ``teacher``'s labels."""
+        return bool(self.teacher_done(teacher).all())
+
+    def require_complete(self, teacher: str, command: str | None = None) -> None:
+        """StoreError naming the file, the teacher, how far it got and (``command``) how to finish, unless complete."""
+        done = self.teacher_done(teacher)
+        if not done.all():
+            hint = f"; run `{command}`" if command else "; finish precompute first"
+            raise StoreError(f"{self.path}: teacher {teacher!r} has labels for {int(done.sum())}/{len(done)} "
+                             f"structures{hint}")
+
+    def copy_teacher_labels(self, source: "HessianStore", teacher: str, indices: np.ndarray) -> None:
+        """Copy ``teacher``'s labels of structures ``indices`` from ``source`` (a store of the same structures, e.g.
+        a finished shard) verbatim: the group is created like the source's if missing, data first and completion
+        marks last, so a killed copy can be rerun."""
+        src = source.teacher_group(teacher)
+        attrs = dict(src.attrs)
+        dst = self.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
+                                  rows_per_structure=attrs.get("rows_per_structure"))
+        if "node_features" in src:
+            has_embeddings = "element_embeddings" in src
+            self.create_features(teacher, src["node_features"].shape[1],
+                                 src["element_z"][:] if has_embeddings else None,
+                                 src["element_embeddings"][:] if has_embeddings else None)
+        for j in indices:
+            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+            h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
+            dst["energy"][j], dst["asymmetry"][j] = src["energy"][j], src["asymmetry"][j]
+            dst["forces"][a:b] = src["forces"][a:b]
+            dst["hessian"][h0:h1] = src["hessian"][h0:h1]
+            if "hessian_row_index" in src:
+                dst["hessian_row_index"][j] = src["hessian_row_index"][j]
+            if "node_features" in src:
+                dst["node_features"][a:b] = src["node_features"][a:b]
+        self.file.flush()
+        dst["done"][np.asarray(indices)] = True
+        self.file.flush()
 
     def _reader(self, teacher: str) -> dict:
         """Open handles and small arrays of a teacher group, kept for this process's file: a training item reads

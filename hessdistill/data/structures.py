@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from hessdistill.data.keys import StructureData
 
 
 class InvalidStructureError(ValueError):
@@ -115,9 +115,9 @@ class Structure:
             atoms.calc = SinglePointCalculator(atoms, energy=self.energy, forces=self.forces)
         return atoms
 
-    def to_data(self, dtype: torch.dtype = torch.get_default_dtype()) -> Data:
+    def to_data(self, dtype: torch.dtype = torch.get_default_dtype()) -> StructureData:
         """PyG Data: z (N,), pos (N, 3), cell (1, 3, 3), pbc (1, 3), natoms (1,), energy (1,), forces (N, 3)."""
-        data = Data(
+        data = StructureData(
             z=torch.as_tensor(self.z, dtype=torch.long),
             pos=torch.as_tensor(self.positions, dtype=dtype),
             cell=torch.as_tensor(self.cell, dtype=dtype).unsqueeze(0),

@@ -1,62 +1,49 @@
-"""Accuracy of a student, and of its teacher, on a split of a store: energy, force and Hessian-row errors.
-
-Units: energy MAE meV/atom, force MAE meV/Å, Hessian-row MAE eV/Å² (over ``rows`` rows per structure drawn with a
-fixed seed, as in validation). The arrays behind the numbers are returned for parity plots.
-"""
+"""Accuracy of a student, and of its teacher, on a split of a store: the metric set of validation and test
+(``hessdistill.metrics``: energy MAE meV/atom, force MAE meV/Å, Hessian-row MAE eV/Å² over the split's fixed rows,
+loss_ef), and the arrays behind them for parity plots."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch_geometric.loader import DataLoader
 from tqdm import tqdm
 
 from hessdistill.data.datamodule import StoreDataset
-from hessdistill.data.store import HessianStore
-from hessdistill.hessian import force_jacobian_rows
+from hessdistill.metrics import batch_metrics
+from hessdistill.training.predictions import predict
 
 
-def evaluate_split(student, store: HessianStore, indices: np.ndarray, teacher: str | None = None, rows: int = 4,
-                   batch_size: int = 32, graph_backend: str = "auto", seed: int = 10_000) -> dict:
-    """Predictions and errors on ``indices`` of ``store``.
+def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_energy: float = 1.0,
+                   lambda_forces: float = 1.0) -> dict:
+    """The student's (and, where ``dataset`` has teacher labels, the teacher's) metrics on ``dataset``.
 
-    teacher: the store's teacher group: its energies/forces are scored against the reference labels too, and its
-    Hessian rows are the target of the student's (None: no teacher metrics). Returns ``metrics`` (a flat dict of
-    MAEs and counts) and ``arrays``: per-structure energies per atom (reference, student, teacher) in eV/atom
-    and force components (reference, student, teacher) in eV/Å.
+    Returns ``metrics``: the metric set as means over the split (weighted per batch as validation logs them), plus
+    ``structures`` and ``hessian_rows_per_structure``; and ``arrays``: per-structure energies per atom (reference,
+    student, teacher) in eV/atom and force components (reference, student, teacher) in eV/Å.
     """
-    dtype = next(student.parameters()).dtype
     device = next(student.parameters()).device
-    with_rows = teacher is not None and rows > 0
-    dataset = StoreDataset(store, indices, teacher, rows if with_rows else 0, student.cutoff, student.max_neighbors,
-                           graph_backend, dtype, fixed_rows_seed=seed)
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
     out = {k: [] for k in ("e_ref", "e_student", "e_teacher", "f_ref", "f_student", "f_teacher")}
-    hessian_abs, hessian_count = 0.0, 0
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="accuracy", unit="batch"):
         batch = batch.to(device)
-        with torch.enable_grad():
-            pred = student(batch, create_graph=with_rows and student.force_mode == "conservative")
-            if with_rows:
-                jac = force_jacobian_rows(pred["forces"], pred["pos"], batch.hess_row, batch.ptr, create_graph=False)
-                residual = (batch.hess_rows.permute(1, 0, 2) + jac.detach()).abs()
-                hessian_abs += float(residual.sum())
-                hessian_count += residual.numel()
-        natoms = batch.natoms.to(dtype)
+        pred = predict(student, batch, {"force_jacobian_rows"}, create_graph=False)
+        for name, (value, count) in batch_metrics(pred["energy"], pred["forces"], batch,
+                                                  pred.get("force_jacobian_rows"), lambda_energy,
+                                                  lambda_forces).items():
+            sums[name] = sums.get(name, 0.0) + float(value) * count
+            weights[name] = weights.get(name, 0) + count
+        natoms = batch.natoms.to(pred["energy"].dtype)
         out["e_ref"].append(batch.energy / natoms)
-        out["e_student"].append(pred["energy"].detach() / natoms)
+        out["e_student"].append(pred["energy"] / natoms)
         out["f_ref"].append(batch.forces.reshape(-1))
-        out["f_student"].append(pred["forces"].detach().reshape(-1))
-        if teacher is not None:
+        out["f_student"].append(pred["forces"].reshape(-1))
+        if hasattr(batch, "teacher_energy"):
             out["e_teacher"].append(batch.teacher_energy / natoms)
             out["f_teacher"].append(batch.teacher_forces.reshape(-1))
     arrays = {k: torch.cat(v).cpu().double().numpy() if v else None for k, v in out.items()}
-    metrics = {"structures": len(indices),
-               "student_energy_mae_meV_per_atom": 1e3 * float(np.abs(arrays["e_student"] - arrays["e_ref"]).mean()),
-               "student_force_mae_meV_per_A": 1e3 * float(np.abs(arrays["f_student"] - arrays["f_ref"]).mean())}
-    if with_rows:
-        metrics["student_hessian_row_mae_eV_per_A2"] = hessian_abs / hessian_count
-        metrics["hessian_rows_per_structure"] = rows
-    if teacher is not None:
-        metrics["teacher_energy_mae_meV_per_atom"] = 1e3 * float(np.abs(arrays["e_teacher"] - arrays["e_ref"]).mean())
-        metrics["teacher_force_mae_meV_per_A"] = 1e3 * float(np.abs(arrays["f_teacher"] - arrays["f_ref"]).mean())
+    metrics = {"structures": len(dataset), **{name: sums[name] / weights[name] for name in sums}}
+    if "hessian_mae" in metrics:
+        metrics["hessian_rows_per_structure"] = dataset.rows
     return {"metrics": metrics, "arrays": arrays}
+

@@ -17,7 +17,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
-from hessdistill.calculator import TorchCalculator
+from hessdistill.integrations.ase_calculator import TorchCalculator
 
 
 def bonds_of(atoms, bond_scale: float = 1.2) -> np.ndarray:

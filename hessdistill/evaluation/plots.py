@@ -22,8 +22,8 @@ def _save(fig, path: str | Path) -> Path:
 def parity_plot(path: str | Path, arrays: dict, metrics: dict, title: str = "") -> Path:
     """Energy per atom (meV/atom) and force component (eV/Å) parity of student (and teacher) vs reference."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    panels = [("energy", "e", 1e3, "energy per atom − mean (meV/atom)", "energy_mae_meV_per_atom", "meV/atom"),
-              ("forces", "f", 1.0, "force component (eV/Å)", "force_mae_meV_per_A", "meV/Å")]
+    panels = [("energy", "e", 1e3, "energy per atom − mean (meV/atom)", "energy_mae", "meV/atom"),
+              ("forces", "f", 1.0, "force component (eV/Å)", "force_mae", "meV/Å")]
     for ax, (_, key, scale, label, metric, unit) in zip(axes, panels):
         ref = arrays[f"{key}_ref"]
         shift = ref.mean() if key == "e" else 0.0  # total energies per atom share a large offset
@@ -31,7 +31,7 @@ def parity_plot(path: str | Path, arrays: dict, metrics: dict, title: str = "") 
             pred = arrays.get(f"{key}_{who}")
             if pred is None:
                 continue
-            mae = metrics.get(f"{who}_{metric}")
+            mae = metrics[metric if who == "student" else f"teacher_{metric}"]
             ax.scatter(scale * (ref - shift), scale * (pred - shift), s=6, alpha=0.5, color=colour,
                        label=f"{who} (MAE {mae:.1f} {unit})")
         lo, hi = ax.get_xlim()

@@ -6,7 +6,7 @@ import numpy as np
 from ase.optimize import FIRE
 from tqdm import tqdm
 
-from hessdistill.calculator import TorchCalculator
+from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.evaluation.vibrations import harmonic_frequencies, model_hessian
 
 

@@ -8,7 +8,7 @@ from ase import units
 from torch_geometric.data import Batch
 
 from hessdistill.data.structures import Structure
-from hessdistill.hessian import force_jacobian_rows
+from hessdistill.hessian.rows import force_jacobian_rows
 
 # √(eV / (Å² amu)) in s⁻¹ (angular frequency), then wavenumbers ω / (2π c) in cm⁻¹
 _TO_WAVENUMBER = np.sqrt(units._e / (1e-20 * units._amu)) / (2 * np.pi * units._c * 100)
@@ -34,7 +34,7 @@ def model_hessian(model, atoms) -> np.ndarray:
     dtype = next(model.parameters()).dtype
     batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(dtype)])
     if hasattr(model, "hessians"):
-        return model.hessians(batch)[2][0].cpu().double().numpy()
+        return model.hessians(batch).hessians[0].cpu().double().numpy()
     with torch.enable_grad():
         out = model(batch, create_graph=model.force_mode == "conservative")
         rows = torch.arange(3 * len(atoms))[None]

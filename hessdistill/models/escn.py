@@ -28,7 +28,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from hessdistill.models.heads import AtomFeatures, ForceField, mlp
+from hessdistill.models.base import AtomFeatures, ForceField
+from hessdistill.models.heads import mlp
 from hessdistill.models.radial import RadialBasis, polynomial_envelope
 
 L1, L2 = slice(1, 4), slice(4, 9)  # degree-1 and degree-2 coefficients in the 9 of a feature
@@ -176,7 +177,7 @@ class ESCNRepresentation(nn.Module):
 
 
 def ESCN(channels: int = 64, hidden_channels: int = 50, num_layers: int = 4, num_radial: int = 8,
-         cutoff: float = 5.0, envelope_exponent: int = 5, avg_num_neighbors: float = 20.0, max_neighbors: int = 50,
+         cutoff: float = 5.0, envelope_exponent: int = 5, avg_num_neighbors: float = 20.0, max_neighbors: int | None = None,
          force_mode: str = "direct") -> ForceField:
     """An eSCN-style student with the shared heads (direct: the gated head on its l = 1 channels; or −∇U)."""
     rep = ESCNRepresentation(channels, hidden_channels, num_layers, num_radial, cutoff, envelope_exponent,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hessdistill.models.heads import AtomFeatures, ForceField
+from hessdistill.models.base import AtomFeatures, ForceField
 from hessdistill.models.radial import RadialBasis, polynomial_envelope
 
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -306,7 +306,7 @@ class GemNetRepresentation(nn.Module):
 
 def GemNet(num_blocks: int = 4, emb_size_atom: int = 64, emb_size_edge: int = 64, emb_size_trip: int = 32,
            emb_size_rbf: int = 16, emb_size_cbf: int = 16, emb_size_bil_trip: int = 64, num_spherical: int = 7,
-           num_radial: int = 6, envelope_exponent: int = 5, cutoff: float = 5.0, max_neighbors: int = 50,
+           num_radial: int = 6, envelope_exponent: int = 5, cutoff: float = 5.0, max_neighbors: int | None = None,
            num_before_skip: int = 1, num_after_skip: int = 2, num_atom_layers: int = 3, num_output_layers: int = 1,
            force_mode: str = "direct") -> ForceField:
     """GemNet-dT (``force_mode="direct"``, the shared edge-force head) or GemNet-T (``"conservative"``, −∇U)."""

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hessdistill.models.heads import AtomFeatures, ForceField
+from hessdistill.models.base import AtomFeatures, ForceField
 
 # SPICE's elements: H Li C N O F Na Mg P S Cl K Ca Br I
 SPICE_ELEMENTS = (1, 3, 6, 7, 8, 9, 11, 12, 15, 16, 17, 19, 20, 35, 53)
@@ -65,7 +65,7 @@ class MACERepresentation(nn.Module):
 
 def MACEStudent(atomic_numbers=SPICE_ELEMENTS, hidden_channels: int = 32, max_ell: int = 2,
                 num_interactions: int = 2, correlation: int = 3, num_bessel: int = 8, cutoff: float = 5.0,
-                avg_num_neighbors: float = 10.0, radial_mlp: tuple[int, ...] = (32, 32), max_neighbors: int = 50,
+                avg_num_neighbors: float = 10.0, radial_mlp: tuple[int, ...] = (32, 32), max_neighbors: int | None = None,
                 force_mode: str = "conservative") -> ForceField:
     """A small MACE student (conservative −∇U by default, or the gated direct-force head on its l = 1 features)."""
     rep = MACERepresentation(atomic_numbers, hidden_channels, max_ell, num_interactions, correlation, num_bessel,

@@ -6,23 +6,12 @@ Hessian-distillation paper's Table 7 (hidden 128, 4 layers, 128 radial basis fun
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from hessdistill.models.heads import AtomFeatures, ForceField, mlp, vector_norm
-
-
-def sine_rbf(distance: Tensor, n_rbf: int, cutoff: float) -> Tensor:
-    """sin(nπd/rc)/d, n = 1..n_rbf: (E,) Å → (E, n_rbf)."""
-    n = torch.arange(1, n_rbf + 1, device=distance.device, dtype=distance.dtype)
-    return torch.sin(n * math.pi * distance[:, None] / cutoff) / distance[:, None]
-
-
-def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
-    """½(cos(πd/rc) + 1) inside the cutoff, 0 outside: (E,) → (E,)."""
-    return 0.5 * (torch.cos(math.pi * distance / cutoff) + 1.0) * (distance < cutoff).to(distance.dtype)
+from hessdistill.models.base import AtomFeatures, ForceField
+from hessdistill.models.heads import mlp, vector_norm
+from hessdistill.models.radial import cosine_cutoff, sine_rbf
 
 
 class PaiNNInteraction(nn.Module):
@@ -75,7 +64,7 @@ class PaiNNRepresentation(nn.Module):
 
 
 def PaiNN(hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 128, cutoff: float = 12.0,
-          max_neighbors: int = 50, force_mode: str = "direct") -> ForceField:
+          max_neighbors: int | None = None, force_mode: str = "direct") -> ForceField:
     """A PaiNN student with the shared heads (direct-force head or conservative −∇U)."""
     rep = PaiNNRepresentation(hidden_channels, num_layers, num_rbf, cutoff)
     return ForceField(rep, force_mode=force_mode, cutoff=cutoff, max_neighbors=max_neighbors)

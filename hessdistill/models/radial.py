@@ -1,4 +1,5 @@
-"""Radial pieces shared by students: a smooth polynomial cutoff envelope and the Bessel radial basis built on it."""
+"""Radial pieces of the students, in one place: cutoff functions (cosine, smooth polynomial envelope) and radial bases
+(sine/d for PaiNN, Gaussians for SchNet, Bessel on the envelope for GemNet and eSCN). Distances in Å."""
 
 from __future__ import annotations
 
@@ -13,6 +14,24 @@ def polynomial_envelope(x: Tensor, exponent: int = 5) -> Tensor:
     p = exponent
     u = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
     return torch.where(x < 1, u, torch.zeros_like(u))
+
+
+def sine_rbf(distance: Tensor, n_rbf: int, cutoff: float) -> Tensor:
+    """sin(nπd/rc)/d, n = 1..n_rbf: (E,) Å → (E, n_rbf)."""
+    n = torch.arange(1, n_rbf + 1, device=distance.device, dtype=distance.dtype)
+    return torch.sin(n * math.pi * distance[:, None] / cutoff) / distance[:, None]
+
+
+def cosine_cutoff(distance: Tensor, cutoff: float) -> Tensor:
+    """½(cos(πd/rc) + 1) inside the cutoff, 0 outside: (E,) → (E,)."""
+    return 0.5 * (torch.cos(math.pi * distance / cutoff) + 1.0) * (distance < cutoff).to(distance.dtype)
+
+
+def gaussian_rbf(distance: Tensor, n_rbf: int, cutoff: float) -> Tensor:
+    """exp(−(d − μ_k)² / 2Δ²) with n_rbf centres μ_k evenly from 0 to cutoff, Δ their spacing: (E,) Å → (E, n_rbf)."""
+    centres = torch.linspace(0.0, cutoff, n_rbf, device=distance.device, dtype=distance.dtype)
+    width = cutoff / max(n_rbf - 1, 1)
+    return torch.exp(-0.5 * ((distance[:, None] - centres) / width) ** 2)
 
 
 class RadialBasis(nn.Module):

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from hessdistill.models.heads import AtomFeatures, ForceField
-from hessdistill.models.painn import cosine_cutoff
+from hessdistill.models.base import AtomFeatures, ForceField
+from hessdistill.models.radial import cosine_cutoff, gaussian_rbf
 
 
 class ShiftedSoftplus(nn.Module):
@@ -20,13 +20,6 @@ class ShiftedSoftplus(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return nnf.softplus(x) - math.log(2.0)
-
-
-def gaussian_rbf(distance: Tensor, n_rbf: int, cutoff: float) -> Tensor:
-    """exp(−(d − μ_k)² / 2Δ²) with n_rbf centres μ_k evenly from 0 to cutoff, Δ their spacing: (E,) Å → (E, n_rbf)."""
-    centres = torch.linspace(0.0, cutoff, n_rbf, device=distance.device, dtype=distance.dtype)
-    width = cutoff / max(n_rbf - 1, 1)
-    return torch.exp(-0.5 * ((distance[:, None] - centres) / width) ** 2)
 
 
 class SchNetInteraction(nn.Module):
@@ -72,7 +65,7 @@ class SchNetRepresentation(nn.Module):
 
 
 def SchNet(hidden_channels: int = 128, num_filters: int = 128, num_interactions: int = 6, num_rbf: int = 50,
-           cutoff: float = 5.0, max_neighbors: int = 50, force_mode: str = "conservative") -> ForceField:
+           cutoff: float = 5.0, max_neighbors: int | None = None, force_mode: str = "conservative") -> ForceField:
     """A SchNet student with the shared heads (conservative −∇U by default, or the direct edge-force head)."""
     rep = SchNetRepresentation(hidden_channels, num_filters, num_interactions, num_rbf, cutoff)
     return ForceField(rep, force_mode=force_mode, cutoff=cutoff, max_neighbors=max_neighbors)

@@ -14,7 +14,7 @@ import torch
 from ase.units import Hartree
 from torch import Tensor
 
-from hessdistill.teachers.base import Teacher
+from hessdistill.teachers.base import AutogradTeacher
 
 BUNDLED = {"ani1x": "ani-1x_8x.info", "ani1ccx": "ani-1ccx_8x.info"}
 LEVEL = {"ani1x": "wB97X/6-31G(d)", "ani2x": "wB97X/6-31G(d)", "ani1ccx": "CCSD(T)/CBS (transfer learned)"}
@@ -32,7 +32,7 @@ def _resolve_info(model: str, info_file: str | None) -> Path:
     return path
 
 
-class ANITeacher(Teacher):
+class ANITeacher(AutogradTeacher):
     """An ANI ensemble. model: ani1x, ani1ccx or ani2x; info_file: NeuroChem .info (None: bundled); name: store label."""
 
     def __init__(self, model: str = "ani1x", info_file: str | None = None, ensemble_size: int | None = None,

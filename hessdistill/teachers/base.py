@@ -1,7 +1,10 @@
-"""The teacher interface: a frozen model giving energies, forces and batched Hessians.
+"""The teacher interface: a frozen model giving energies, forces and Hessians (full, or sampled rows), as one
+``TeacherOutput``.
 
-A subclass implements only ``energy`` (eV per structure, differentiable w.r.t. positions) and declares
-the elements it supports; forces and Hessians follow generically from ``hessdistill.hessian``.
+``Teacher`` is the contract every consumer uses (precompute, online labels, evaluation). ``AutogradTeacher``
+implements it for any model with a differentiable energy: a subclass defines only ``energy`` (eV per structure) and
+the elements it supports, and forces and Hessians follow from ``hessdistill.hessian``. A teacher without a
+differentiable energy (finite differences of an ASE calculator) implements the contract directly.
 """
 
 from __future__ import annotations
@@ -9,32 +12,48 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from hessdistill import hessian as hess
-from hessdistill.lane_memory import LANE_BYTES_FACTOR, LaneChunker, MemoryBudget, SavedTensorBytes
+from hessdistill.hessian.full import batched_hessians
+from hessdistill.hessian.memory import LANE_BYTES_FACTOR, LaneChunker, MemoryBudget, SavedTensorBytes
+from hessdistill.hessian.rows import RowStrategy, force_jacobian_rows
 
 
 class UnsupportedElementError(ValueError):
     """The teacher has no parameters for an element present in a structure."""
 
 
+@dataclass
+class TeacherOutput:
+    """One teacher call's results, detached.
+
+    energy: (B,) eV; forces: (Ntot, 3) eV/Å; hessians: full Hessians [(3N_i, 3N_i)] eV/Å² (``hessians`` calls);
+    rows: sampled Hessian rows H_j as lanes (k, Ntot, 3) eV/Å² (``hessian_rows`` calls); asymmetry: (B,) max |H − Hᵀ|
+    of each raw Hessian, eV/Å², where the returned ones were symmetrised (finite differences), else None;
+    chunk_sizes: VJP lanes per chunk when a memory budget sized them, else None.
+    """
+
+    energy: Tensor
+    forces: Tensor
+    hessians: list[Tensor] | None = None
+    rows: Tensor | None = None
+    asymmetry: Tensor | None = None
+    chunk_sizes: list[int] | None = None
+
+
 class Teacher(torch.nn.Module, abc.ABC):
     """Frozen teacher. Batches are PyG batches with z (Ntot,), pos (Ntot, 3) Å, batch, ptr, cell, pbc.
 
-    name: short identifier recorded in the store; level_of_theory: what the teacher was trained on.
+    name: short identifier recorded in the store; level_of_theory: what the teacher was trained on; method: how its
+    Hessians are computed (recorded in the store).
     """
 
     name: str = "teacher"
     level_of_theory: str = "unknown"
     method: str = "autograd: batched VJP lanes (hessdistill.hessian)"
-    # (B,) max |H_raw − H_rawᵀ| of the last ``hessians`` call, eV/Å², for teachers that return symmetrised
-    # Hessians (finite differences); None where the returned Hessians are as computed.
-    last_asymmetry: Tensor | None = None
-    # lanes per VJP chunk of the last ``hessians`` call under a memory budget (None without one)
-    last_chunk_sizes: list[int] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,8 +64,19 @@ class Teacher(torch.nn.Module, abc.ABC):
         """Atomic numbers the teacher has parameters for."""
 
     @abc.abstractmethod
-    def energy(self, batch) -> Tensor:
-        """Potential energy per structure, (B,) eV, differentiable w.r.t. ``batch.pos``."""
+    def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
+        """Energies (B,) eV and forces (Ntot, 3) eV/Å, detached."""
+
+    @abc.abstractmethod
+    def hessians(self, batch, chunk_size: int | MemoryBudget | None = None,
+                 strategy: RowStrategy = "auto") -> TeacherOutput:
+        """Energies, forces and full Hessians of every structure of ``batch``.
+
+        chunk_size: VJP lanes per chunk (None: all max_i 3N_i at once), or a ``MemoryBudget`` to size them from."""
+
+    @abc.abstractmethod
+    def hessian_rows(self, batch, rows: Tensor, strategy: RowStrategy = "auto") -> TeacherOutput:
+        """Energies, forces and the Hessian rows ``rows`` (B, k) of each structure, as lanes (k, Ntot, 3)."""
 
     def freeze(self) -> "Teacher":
         self.eval()
@@ -75,6 +105,22 @@ class Teacher(torch.nn.Module, abc.ABC):
                 f"(structure(s) {ids}); it supports {sorted(self.elements)}"
             )
 
+    def node_features(self, batch) -> Tensor:
+        """Per-atom features of the teacher's final layer, (Ntot, F), for the n2n baseline (optional capability)."""
+        raise NotImplementedError(f"teacher {self.name} does not export node features")
+
+    def element_embeddings(self) -> tuple[Tensor, Tensor]:
+        """Atomic numbers (E,) and learned element embeddings (E, F), for the a2a baseline (optional capability)."""
+        raise NotImplementedError(f"teacher {self.name} has no element embedding table to export")
+
+
+class AutogradTeacher(Teacher):
+    """A teacher with a differentiable energy: forces −∇U and Hessians by batched VJP lanes."""
+
+    @abc.abstractmethod
+    def energy(self, batch) -> Tensor:
+        """Potential energy per structure, (B,) eV, differentiable w.r.t. ``batch.pos``."""
+
     def _prepare(self, batch):
         """A shallow copy of ``batch`` on the teacher's device whose pos (teacher dtype) is a fresh leaf; the
         caller's batch is left untouched (a student may be using it)."""
@@ -83,50 +129,35 @@ class Teacher(torch.nn.Module, abc.ABC):
         batch.pos = batch.pos.to(self.dtype).detach().requires_grad_(True)
         return batch
 
-    def energy_forces(self, batch, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-        """Energies (B,) eV and forces −∇U (Ntot, 3) eV/Å; forces keep a graph w.r.t. pos if create_graph."""
+    def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
         batch = self._prepare(batch)
         with torch.enable_grad():
             energy = self.energy(batch)
-            (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=create_graph)
-        return energy, -grad
+            (grad,) = torch.autograd.grad(energy.sum(), batch.pos)
+        return energy.detach(), -grad
 
-    def hessians(self, batch, chunk_size: int | MemoryBudget | None = None, strategy: hess.RowStrategy = "auto"):
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and full Hessians [(3N_i, 3N_i)] eV/Å², all detached.
-
-        chunk_size: VJP lanes per chunk (None: all max_i 3N_i at once), or a ``MemoryBudget``: lanes per chunk
-        from the bytes this batch's force graph saved (``lane_memory``); ``last_chunk_sizes`` lists the chunks.
-        """
+    def hessians(self, batch, chunk_size: int | MemoryBudget | None = None,
+                 strategy: RowStrategy = "auto") -> TeacherOutput:
+        """With a ``MemoryBudget``, lanes per chunk follow from the bytes this batch's force graph saved
+        (``hessian.memory``); ``chunk_sizes`` of the output lists them."""
         batch = self._prepare(batch)
         budget = chunk_size if isinstance(chunk_size, MemoryBudget) else None
-        self.last_chunk_sizes = None
         with torch.enable_grad():
             with SavedTensorBytes() if budget is not None else contextlib.nullcontext() as graph:
                 energy = self.energy(batch)
                 (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
-            forces = -grad
             if budget is not None:
                 chunk_size = LaneChunker(budget.bytes(self.device), LANE_BYTES_FACTOR * graph.nbytes, self.device)
-                self.last_chunk_sizes = chunk_size.sizes  # filled as chunks run: after an OOM, its last is the one
-            hessians = hess.batched_hessians(forces, batch.pos, batch.ptr, chunk_size, strategy)
-        return energy.detach(), forces.detach(), hessians
+            hessians = batched_hessians(-grad, batch.pos, batch.ptr, chunk_size, strategy)
+        return TeacherOutput(energy.detach(), -grad.detach(), hessians=hessians,
+                             chunk_sizes=chunk_size.sizes if budget is not None else None)
 
-    def hessian_rows(self, batch, rows: Tensor, strategy: hess.RowStrategy = "auto"):
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and only the rows ``rows`` (B, k) of each Hessian, as lanes
-        (k, Ntot, 3) eV/Å² — k VJPs for the whole batch instead of 3N_max (row-subset storage, online teacher)."""
+    def hessian_rows(self, batch, rows: Tensor, strategy: RowStrategy = "auto") -> TeacherOutput:
+        """k VJPs for the whole batch instead of 3N_max (row-subset storage, online teacher)."""
         batch = self._prepare(batch)
         with torch.enable_grad():
             energy = self.energy(batch)
             (grad,) = torch.autograd.grad(energy.sum(), batch.pos, create_graph=True)
-            lanes = hess.force_jacobian_rows(-grad, batch.pos, rows.to(batch.pos.device), batch.ptr,
-                                             create_graph=False, strategy=strategy)
-        return energy.detach(), -grad.detach(), -lanes.detach()
-
-    def node_features(self, batch) -> Tensor:
-        """Per-atom features of the teacher's final layer, (Ntot, F), for the n2n baseline."""
-        raise NotImplementedError(f"teacher {self.name} does not export node features")
-
-    def element_embeddings(self) -> tuple[Tensor, Tensor]:
-        """Atomic numbers (E,) and learned element embeddings (E, F), for the a2a baseline."""
-        raise NotImplementedError(f"teacher {self.name} has no element embedding table to export")
-
+            lanes = force_jacobian_rows(-grad, batch.pos, rows.to(batch.pos.device), batch.ptr,
+                                        create_graph=False, strategy=strategy)
+        return TeacherOutput(energy.detach(), -grad.detach(), rows=-lanes.detach())

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hessdistill.teachers.base import Teacher
+from hessdistill.teachers.base import AutogradTeacher
 
 
-class CHGNetTeacher(Teacher):
+class CHGNetTeacher(AutogradTeacher):
     """model: a CHGNet checkpoint file, or None for the weights in the chgnet wheel; name: store label."""
 
     level_of_theory = "PBE/PBE+U (MPtrj), CHGNet"

@@ -1,8 +1,8 @@
-"""Any force model as a teacher: Hessians by central finite differences of forces.
+"""Any force model as a teacher: Hessians by central finite differences of its forces
+(``hessdistill.hessian.finite_difference``, where the default step and its measured error table live).
 
-Column j of the Hessian is H[:, j] = −(F(r + δ e_j) − F(r − δ e_j)) / (2δ), eV/Å², from 6N force
-evaluations per structure. The raw H is not exactly symmetric (truncation, round-off, kinks of the model);
-the teacher returns (H + Hᵀ)/2 and keeps max |H_raw − H_rawᵀ| per structure in ``last_asymmetry``.
+The raw H is not exactly symmetric (truncation, round-off, kinks of the model); the teacher returns (H + Hᵀ)/2 and
+reports max |H_raw − H_rawᵀ| per structure as the output's ``asymmetry``.
 
 Two back ends:
   * ``FiniteDifferenceTeacher(calculator=...)``: any ASE calculator (CHGNet, SevenNet, EMT, ``TorchCalculator``);
@@ -10,24 +10,6 @@ Two back ends:
   * ``FiniteDifferenceTeacher.from_teacher(teacher)``: a hessdistill model with ``energy_forces(batch)``;
     all displaced copies of the whole batch go through batched ``energy_forces`` calls of ≤ ``max_batch``
     structures, instead of 6N separate calls.
-
-Default step δ, by the precision the model computes forces in (``default_delta``): 1e-5 Å in float64,
-1e-3 Å in float32 or unknown (any ASE calculator) — near ε^(1/3) times the length scale, where
-central-difference truncation (∝ δ²) and round-off (∝ ε/δ) balance. Measured: relative Frobenius error
-‖H_fd − H_autograd‖ / ‖H_autograd‖ against the autograd Hessian of the same model, worst of rattled H2O and
-NH3 (tests/test_finite_difference_teacher.py re-checks the MACE rows and ANI at 1e-3 and 1e-5 Å):
-
-    δ (Å)                   1e-2     3e-3     1e-3     3e-4     1e-4     1e-5     1e-6     1e-7
-    tiny MACE, float64      1.7e-3   1.5e-4   1.7e-5   1.5e-6   1.7e-7   1.7e-9   4.8e-10  3.3e-9
-    tiny MACE, float32      1.7e-3   1.8e-4   2.7e-4   7.9e-4   2.3e-3   2.5e-2   1.6e-1   1.7
-    ANI-1x, float64         4.6e-2   2.6e-2   1.3e-2   2.5e-4   5.7e-5   1.7e-8   2.3e-9   2.0e-9
-    ANI-1x, float32         4.6e-2   2.6e-2   1.2e-2   3.5e-4   6.8e-4   7.2e-3   6.8e-2   4.4e-1
-
-The smooth MACE shows pure truncation (∝ δ²) down to a float64 minimum at 1e-6 … 1e-5 Å and a float32
-minimum at 1e-3 … 3e-3 Å, with round-off growing as 1/δ below. ANI's CELU activations make its Hessian only
-piecewise continuous: a step straddling a kink of the second derivative costs ~1 % at δ ≥ 1e-3 Å, so small
-steps pay off there too. A calculator's precision is unknown, and most foundation models run in float32, so
-it gets the float32 step (error ~1 % for ANI, 2e-5 for MACE in float64); pass delta=1e-5 for a float64 calculator.
 """
 
 from __future__ import annotations
@@ -37,32 +19,11 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from hessdistill.teachers.base import Teacher
+from hessdistill.hessian.finite_difference import (default_delta, displaced_positions, hessian_from_displaced_forces,
+                                                   jacobian_columns)
+from hessdistill.teachers.base import Teacher, TeacherOutput
 
-DEFAULT_DELTA = {torch.float64: 1e-5, torch.float32: 1e-3}  # Å, by model precision; see the module docstring
 ALL_ELEMENTS = frozenset(range(1, 119))
-
-
-def default_delta(dtype: torch.dtype) -> float:
-    """Default central-difference step (Å) for a model computing forces in ``dtype``; the float32 step otherwise."""
-    return DEFAULT_DELTA.get(dtype, DEFAULT_DELTA[torch.float32])
-
-
-def displaced_positions(pos: Tensor, delta: float) -> Tensor:
-    """(N, 3) Å → (6N, N, 3) Å: copies with +δ on coordinate j (rows 0..3N−1), then −δ (rows 3N..6N−1)."""
-    flat = pos.detach().reshape(1, -1)
-    steps = delta * torch.eye(flat.shape[1], dtype=pos.dtype, device=pos.device)
-    return torch.cat([flat + steps, flat - steps]).view(-1, *pos.shape)
-
-
-def hessian_from_displaced_forces(forces: Tensor, delta: float) -> Tensor:
-    """Forces (6N, N, 3) eV/Å at ``displaced_positions`` → raw (unsymmetrised) Hessian (3N, 3N) eV/Å².
-
-    Row j of plus/minus is the flattened force at r ± δ e_j, i.e. *column* j of −H; hence the transpose.
-    """
-    n3 = forces.shape[0] // 2
-    plus, minus = forces[:n3].reshape(n3, n3), forces[n3:].reshape(n3, n3)
-    return -(plus - minus).T / (2 * delta)
 
 
 class FiniteDifferenceTeacher(Teacher):
@@ -72,7 +33,6 @@ class FiniteDifferenceTeacher(Teacher):
     elements: atomic numbers the model supports (None: accept any). delta: displacement step, Å (None: 1e-3,
     safe for a calculator of unknown precision). dtype: precision of the returned tensors (and of the batches
     precompute builds). max_batch: structures per model call on the ``from_teacher`` path.
-    After ``hessians``, ``last_asymmetry`` (B,) holds max |H_raw − H_rawᵀ| per structure, eV/Å².
     """
 
     def __init__(self, calculator=None, name: str = "fd", elements: list[int] | None = None,
@@ -89,7 +49,6 @@ class FiniteDifferenceTeacher(Teacher):
         self.delta, self.max_batch = delta, int(max_batch)
         self.method = f"central finite differences of forces, delta={delta:g} Angstrom, symmetrised"
         self._dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.last_asymmetry = torch.zeros(0, dtype=torch.float64)
 
     @classmethod
     def from_teacher(cls, teacher, delta: float | None = None, max_batch: int = 256, name: str | None = None,
@@ -116,16 +75,8 @@ class FiniteDifferenceTeacher(Teacher):
     def device(self) -> torch.device:
         return self.model.device if self.model is not None else torch.device("cpu")
 
-    def energy(self, batch) -> Tensor:
-        if self.model is None:
-            raise NotImplementedError(f"teacher {self.name} wraps an ASE calculator: it has no differentiable "
-                                      "energy; use energy_forces or hessians")
-        return self.model.energy(batch)
-
-    def energy_forces(self, batch, create_graph: bool = False) -> tuple[Tensor, Tensor]:
-        """Energies (B,) eV and forces (Ntot, 3) eV/Å straight from the wrapped model, detached."""
-        if create_graph:
-            raise NotImplementedError(f"teacher {self.name}: finite-difference forces carry no autograd graph")
+    def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
+        """Energies (B,) eV and forces (Ntot, 3) eV/Å straight from the wrapped model or calculator, detached."""
         self.check_elements(batch)
         if self.model is not None:
             energy, forces = self.model.energy_forces(batch)
@@ -135,34 +86,28 @@ class FiniteDifferenceTeacher(Teacher):
         energies = torch.tensor([e for e, _ in results], dtype=self.dtype)
         return energies, torch.cat([f for _, f in results]).to(self.dtype)
 
-    def hessians(self, batch, chunk_size: int | None = None, strategy: str = "auto"):
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and symmetrised Hessians [(3N_i, 3N_i)] eV/Å².
-
-        chunk_size and strategy (autograd lane settings) are accepted for interface compatibility and unused.
-        """
+    def hessians(self, batch, chunk_size: int | None = None, strategy: str = "auto") -> TeacherOutput:
+        """Symmetrised Hessians [(3N_i, 3N_i)] eV/Å² from 6N_i displaced force calls per structure, and the raw
+        ones' asymmetry (B,) eV/Å². chunk_size and strategy (autograd lane settings) do not apply and are ignored."""
         energy, forces = self.energy_forces(batch)
         ptr = batch.ptr.tolist()
-        # displacements in float64 whatever the model's precision, so the step really is δ
-        displaced = [displaced_positions(batch.pos[a:b].double(), self.delta) for a, b in zip(ptr, ptr[1:])]
+        displaced = [displaced_positions(batch.pos[a:b], self.delta) for a, b in zip(ptr, ptr[1:])]
         raw = [hessian_from_displaced_forces(f, self.delta) for f in self._displaced_forces(batch, displaced)]
-        self.last_asymmetry = torch.tensor([float((h - h.T).abs().max()) for h in raw], dtype=torch.float64)
-        return energy, forces, [(0.5 * (h + h.T)).to(self.dtype) for h in raw]
+        asymmetry = torch.tensor([float((h - h.T).abs().max()) for h in raw], dtype=torch.float64)
+        return TeacherOutput(energy, forces, hessians=[(0.5 * (h + h.T)).to(self.dtype) for h in raw],
+                             asymmetry=asymmetry)
 
-    def hessian_rows(self, batch, rows: Tensor, strategy: str = "auto"):
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and Hessian rows ``rows`` (B, k) as lanes (k, Ntot, 3) eV/Å².
+    def hessian_rows(self, batch, rows: Tensor, strategy: str = "auto") -> TeacherOutput:
+        """Hessian rows ``rows`` (B, k) as lanes (k, Ntot, 3) eV/Å².
 
-        Row j is taken as column j, −(F(r + δe_j) − F(r − δe_j))/(2δ), since the Hessian is symmetric: 2k force
-        evaluations per structure instead of 6N (row-subset storage and online mode)."""
+        Row j is taken as minus column j of the force Jacobian, since the Hessian is symmetric: 2k force evaluations
+        per structure instead of 6N (row-subset storage and online mode)."""
         energy, forces = self.energy_forces(batch)
         ptr = batch.ptr.tolist()
-        displaced = []
-        for g, (a, b) in enumerate(zip(ptr, ptr[1:])):
-            flat = batch.pos[a:b].double().reshape(1, -1)
-            steps = self.delta * torch.eye(flat.shape[1], dtype=flat.dtype)[rows[g].cpu()]
-            displaced.append(torch.cat([flat + steps, flat - steps]).view(-1, b - a, 3))
-        k = rows.shape[1]
-        columns = [-(f[:k] - f[k:]) / (2 * self.delta) for f in self._displaced_forces(batch, displaced)]
-        return energy, forces, torch.cat(columns, dim=1).to(self.dtype)
+        displaced = [displaced_positions(batch.pos[a:b], self.delta, rows[g]) for g, (a, b) in enumerate(zip(ptr, ptr[1:]))]
+        lanes = [-jacobian_columns(f, self.delta).view(rows.shape[1], -1, 3)
+                 for f in self._displaced_forces(batch, displaced)]
+        return TeacherOutput(energy, forces, rows=torch.cat(lanes, dim=1).to(self.dtype))
 
     def _displaced_forces(self, batch, displaced: list[Tensor]) -> list[Tensor]:
         """Forces [(C_i, N_i, 3)] eV/Å at each structure's displaced copies (C_i, N_i, 3) Å."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from hessdistill.teachers.base import Teacher
+from hessdistill.teachers.base import AutogradTeacher
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def without_cuequivariance(model: torch.nn.Module) -> torch.nn.Module:
     return cueq_to_e3nn(model, return_model=True)
 
 
-class MACETeacher(Teacher):
+class MACETeacher(AutogradTeacher):
     """A MACE model. model: a ``.model`` path or an already built mace-torch module; name: store label."""
 
     def __init__(self, model: str | torch.nn.Module, name: str = "mace", level_of_theory: str = "unknown",

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import lightning as L
 
-from hessdistill.training.module import LossWeights
-
 
 class HalveKDWeight(L.Callback):
-    """Halve λ_KD once the student's validation metric beats the frozen teacher's (paper §B.5).
+    """Halve the weight of loss term ``term`` (λ_KD) once the student's validation metric beats the frozen teacher's
+    (paper §B.5).
 
     The condition is ``student <= (1 + margin) · teacher`` on ``val/<metric>`` vs ``val/teacher_<metric>``;
     the paper compares L_EF (``metric: loss_ef``, margin 0); the authors' code halved once the force MAE came
@@ -17,27 +16,31 @@ class HalveKDWeight(L.Callback):
         callbacks:
           halve_kd: {_target_: hessdistill.training.callbacks.HalveKDWeight, metric: loss_ef, margin: 0.0}
 
-    Stateful: a resumed run continues with the same λ_KD.
+    Stateful: a resumed run continues with the same λ_KD. A run without the term, or with weight 0, is left alone.
     """
 
-    def __init__(self, metric: str = "loss_ef", margin: float = 0.0, max_halvings: int = 1) -> None:
-        self.metric, self.margin, self.max_halvings = metric, margin, max_halvings
+    def __init__(self, metric: str = "loss_ef", margin: float = 0.0, max_halvings: int = 1,
+                 term: str = "hessian") -> None:
+        self.metric, self.margin, self.max_halvings, self.term = metric, margin, max_halvings, term
         self.halvings = 0
 
+    def _applies(self, pl_module) -> bool:
+        return self.term in pl_module.loss.terms and pl_module.loss.initial_weights[self.term] > 0
+
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.halvings >= self.max_halvings or pl_module.weights.hessian == 0:
+        if trainer.sanity_checking or self.halvings >= self.max_halvings or not self._applies(pl_module):
             return
         student = trainer.callback_metrics.get(f"val/{self.metric}")
         teacher = trainer.callback_metrics.get(f"val/teacher_{self.metric}")
         if student is None or teacher is None:
             return
         if float(student) <= (1.0 + self.margin) * float(teacher):
-            pl_module.weights.hessian /= 2.0
+            pl_module.loss.set_weight(self.term, pl_module.loss.weight(self.term) / 2.0)
             self.halvings += 1
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        configured = LossWeights(**pl_module.hparams.weights).hessian
-        pl_module.weights.hessian = configured / 2**self.halvings
+        if self._applies(pl_module):
+            pl_module.loss.set_weight(self.term, pl_module.loss.initial_weights[self.term] / 2**self.halvings)
 
     def state_dict(self) -> dict:
         return {"halvings": self.halvings}

@@ -1,6 +1,6 @@
 """How many Hessian VJP lanes fit in memory: a budget, a per-lane estimate and the chunk size that follows.
 
-A full Hessian of a batch takes max_i 3N_i VJP lanes (``hessian.batched_hessians``); vmapped together, each lane
+A full Hessian of a batch takes max_i 3N_i VJP lanes (``hessian.full.batched_hessians``); vmapped together, each lane
 holds its own gradient of every intermediate in the force graph, so memory grows linearly with the lanes in a
 chunk. Before any lane runs, the cost of one lane is estimated from the bytes the autograd graph of the forces
 saved (``SavedTensorBytes``); on CUDA every chunk's real peak then replaces the estimate. Measured on CPU
@@ -116,3 +116,12 @@ class LaneChunker:
         yield
         self.peaks.append(torch.cuda.max_memory_allocated(self.device) - before)
         self.bytes_per_lane = max(MEASURED_MARGIN * self.peaks[-1] / lanes, 1.0)
+
+
+class LanesOutOfMemoryError(torch.cuda.OutOfMemoryError):
+    """CUDA ran out of memory in a chunk of ``lanes`` VJP lanes: a caller that sized the chunks from a budget knows
+    whether a smaller budget can help (``lanes`` > 1) or not."""
+
+    def __init__(self, lanes: int, message: str) -> None:
+        super().__init__(message)
+        self.lanes = lanes
