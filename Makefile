@@ -3,7 +3,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-SHARED_WHEELS ?= ../shared/wheels
 PIP := $(VENV)/bin/python -m pip
 
 .PHONY: install demo test clean
@@ -16,9 +15,6 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip "setuptools<81" wheel
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -e ".[test]"
-	@# optional extra: prebuilt torch-cluster wheels when present (the PyPI sdist takes ~25 min to compile)
-	@if [ -d "$(SHARED_WHEELS)" ]; then $(PIP) install -q --no-index --find-links "$(SHARED_WHEELS)" torch-cluster \
-		|| echo "torch-cluster wheel not usable; the pure-torch radius graph is used"; fi
 	touch $@
 
 demo: install

@@ -58,7 +58,7 @@ def train_cfg(store, distill, tmp_path, *extra):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=["experiment=demo", "teacher=mace", f"distill={distill}",
                                            f"subset.store={store}", "trainer.max_epochs=2", "subset.batch_size=4",
-                                           "subset.split=[0.5,0.25,0.25]", "graph_backend=torch",
+                                           "subset.split=[0.5,0.25,0.25]",
                                            f"logger.0.save_dir={tmp_path / 'logs'}", "student.hidden_channels=16",
                                            "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0", *extra])
 
@@ -92,7 +92,7 @@ def test_n2n_term_falls_when_trained_alone(mace_feature_store):
     with HessianStore(mace_feature_store) as store:
         width = store.node_feature_width("mace")
     dm = StoreDataModule(str(mace_feature_store), teacher="mace", rows=0, batch_size=12, split=(1.0, 0.0, 0.0),
-                         cutoff=4.0, graph_backend="torch", node_features=True)
+                         cutoff=4.0, node_features=True)
     module = DistillModule({"_target_": "hessdistill.models.painn.PaiNN", "hidden_channels": 16, "num_layers": 2,
                             "num_rbf": 8, "cutoff": 4.0}, weights={"energy": 0.0, "forces": 0.0, "hessian": 0.0,
                                                                    "n2n": 1.0}, n2n_features=width, lr=1e-2)

@@ -42,7 +42,7 @@ def test_sweep_runs_through_submitit_local_executor(labelled_store, tmp_path):
     sweep = tmp_path / "multirun"
     cmd = [sys.executable, "-m", "hessdistill.cli.train", "--multirun", "hydra/launcher=local", "experiment=demo",
            "distill=undistilled,hessian", f"subset.store={labelled_store}", "trainer.max_epochs=1",
-           "subset.batch_size=8", "subset.rows=1", "graph_backend=torch", f"hydra.sweep.dir={sweep}",
+           "subset.batch_size=8", "subset.rows=1", f"hydra.sweep.dir={sweep}",
            "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
@@ -77,7 +77,7 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(label
     import csv
 
     common = [sys.executable, "-m", "hessdistill.cli.train", "experiment=demo", f"subset.store={labelled_store}",
-              "trainer.max_epochs=3", "subset.split=[0.5,0.25,0.25]", "subset.rows=2", "graph_backend=torch",
+              "trainer.max_epochs=3", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
               "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0",
               "ema_decay=0.9", "trainer.enable_progress_bar=false"]
     runs = {"single": ["subset.batch_size=8"],
@@ -107,7 +107,7 @@ def test_wandb_logger_runs_offline_beside_csv(labelled_store, tmp_path, monkeypa
     monkeypatch.setenv("WANDB_SILENT", "true")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", "logger=wandb", f"subset.store={labelled_store}",
-                                          "trainer.max_epochs=1", "subset.batch_size=8", "graph_backend=torch",
+                                          "trainer.max_epochs=1", "subset.batch_size=8",
                                           f"logger.0.save_dir={tmp_path / 'run'}", f"logger.1.save_dir={tmp_path / 'run'}",
                                           "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8",
                                           "student.cutoff=4.0"])

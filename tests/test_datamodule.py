@@ -52,7 +52,7 @@ def test_split_indices_partial_and_invalid():
 def make_dataset(path, rows: int, fixed_rows_seed=None, dtype=torch.float64, indices=None):
     store = HessianStore(path)
     idx = np.arange(len(store)) if indices is None else np.asarray(indices)
-    return StoreDataset(store, idx, TEACHER, rows=rows, cutoff=4.0, max_neighbors=50, graph_backend="torch",
+    return StoreDataset(store, idx, TEACHER, rows=rows, cutoff=4.0, max_neighbors=50,
                         dtype=dtype, fixed_rows_seed=fixed_rows_seed)
 
 
@@ -151,7 +151,7 @@ def test_datamodule_requires_complete_teacher_labels(tmp_path, labelled_store):
     with pytest.raises(ValueError, match=f"{TEACHER}.*15/16.*finish precompute"):
         StoreDataModule(str(path), teacher=TEACHER)
     dm = StoreDataModule(str(labelled_store), teacher=TEACHER, rows=2, batch_size=5, split=(0.5, 0.25, 0.25),
-                         cutoff=4.0, graph_backend="torch")
+                         cutoff=4.0)
     train = next(iter(dm.train_dataloader()))
     val = next(iter(dm.val_dataloader()))
     assert train.hess_row.shape == (5, 2)

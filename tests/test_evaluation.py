@@ -177,14 +177,14 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
     subset = [f"subset.store={labelled_store}", "subset.split=[0.5,0.25,0.25]"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         train_cfg = compose("train", overrides=["experiment=demo", "trainer.max_epochs=3", "subset.batch_size=4",
-                                                "graph_backend=torch", f"logger.0.save_dir={tmp_path / 'logs'}",
+                                                f"logger.0.save_dir={tmp_path / 'logs'}",
                                                 *subset, *tiny])
         trained = train(train_cfg, str(tmp_path / "run"))
         cfg = compose("evaluate", overrides=[f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", *subset,
                                              "speed.batch_size=4", "speed.max_batch=8", "speed.repeat=1",
                                              "speed.structures=4", "relax.count=1", "spectra.count=1",
                                              "md.count=1", "md.steps=30", "md.nve_steps=30",
-                                             "spectra.fmax=0.01", "graph_backend=torch"])
+                                             "spectra.fmax=0.01"])
     result = evaluate(cfg, str(tmp_path / "eval"))
     out = tmp_path / "eval"
     assert sorted(p.name for p in out.iterdir()) == ["md.png", "metrics.csv", "metrics.json", "metrics.md",

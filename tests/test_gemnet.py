@@ -62,7 +62,7 @@ def test_triplets_and_reverse_edges_match_brute_force(periodic):
         s = Structure.from_atoms(rattled("CH3OH", seed=2))
         cutoff = 2.5  # not every pair is an edge
     d = s.to_data(torch.float64)
-    edge_index, shift = radius_graph(d.pos, cutoff, 100, d.cell[0], d.pbc[0], "ase" if periodic else "torch")
+    edge_index, shift = radius_graph(d.pos, cutoff, cell=d.cell[0], pbc=d.pbc[0])
     vectors = d.pos[edge_index[0]] - d.pos[edge_index[1]] + shift
     in_edge, out_edge = triplets(edge_index, vectors)
     got = set(zip(in_edge.tolist(), out_edge.tolist()))
@@ -79,7 +79,7 @@ def test_bilinear_after_the_triplet_sum_equals_the_per_triplet_formula():
     """Σ_t Σ_ab cbf_ta x_{in(t), b} W_abo summed onto out(t), computed per triplet (the paper's formula), equals the
     padded per-edge product the layer uses, on a molecule whose edges have different triplet counts."""
     d = Structure.from_atoms(rattled("CH3CH2OH", seed=2)).to_data(torch.float64)
-    edge_index, shift = radius_graph(d.pos, 2.5, 100, d.cell[0], d.pbc[0], "torch")
+    edge_index, shift = radius_graph(d.pos, 2.5, cell=d.cell[0], pbc=d.pbc[0])
     vectors = d.pos[edge_index[0]] - d.pos[edge_index[1]] + shift
     in_edge, out_edge = triplets(edge_index, vectors)
     n_edges = edge_index.shape[1]

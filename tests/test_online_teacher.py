@@ -15,7 +15,7 @@ WEIGHTS = {"energy": 1.0, "forces": 10.0, "hessian": 2.0, "energy_grad": 1.0, "f
 
 
 def test_online_rows_equal_precomputed_rows_and_loss(labelled_store, ani_teacher):
-    kw = dict(rows=3, split=(0.5, 0.5, 0.0), cutoff=4.0, graph_backend="torch", dtype="float64")
+    kw = dict(rows=3, split=(0.5, 0.5, 0.0), cutoff=4.0, dtype="float64")
     stored = StoreDataModule(str(labelled_store), teacher="ani1x", **kw)
     online = StoreDataModule(str(labelled_store), teacher=None, online=True, **kw)
     # validation items use fixed per-structure rows, so both modes see the same rows

@@ -73,8 +73,7 @@ def test_datamodule_samples_only_stored_rows(small_store, ani_teacher):
     store = HessianStore(small_store, mode="a")
     precompute_teacher(store, ani_teacher, layout="rows", rows_per_structure=4, progress=False)
     store.close()
-    dm = StoreDataModule(str(small_store), teacher="ani1x", rows=2, split=(1.0, 0.0, 0.0), cutoff=4.0,
-                         graph_backend="torch")
+    dm = StoreDataModule(str(small_store), teacher="ani1x", rows=2, split=(1.0, 0.0, 0.0), cutoff=4.0)
     ds = dm.dataset("train")
     check = HessianStore(small_store)
     for _ in range(3):

@@ -54,7 +54,7 @@ def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_pa
     monkeypatch.chdir(tmp_path)  # anything Lightning writes lands in tmp_path
     L.seed_everything(0)
     dm = StoreDataModule(str(labelled_store), teacher="ani1x", rows=2, batch_size=4, eval_batch_size=8,
-                         split=(0.75, 0.25, 0.0), cutoff=4.0, graph_backend="torch")
+                         split=(0.75, 0.25, 0.0), cutoff=4.0)
     module = DistillModule({**TINY_STUDENT, "force_mode": force_mode},
                            weights={"energy": 1.0, "forces": 10.0, "hessian": 1.0}, lr=5e-3)
     module.student.set_energy_statistics(*dm.energy_statistics())
@@ -75,7 +75,7 @@ def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_pa
 def test_training_step_includes_every_weighted_term(labelled_store):
     L.seed_everything(0)
     dm = StoreDataModule(str(labelled_store), teacher="ani1x", rows=2, batch_size=4, split=(1.0, 0.0, 0.0),
-                         cutoff=4.0, graph_backend="torch")
+                         cutoff=4.0)
     batch = next(iter(dm.train_dataloader()))
     weights = {"energy": 2.0, "forces": 3.0, "hessian": 5.0, "energy_grad": 7.0, "force_kd": 11.0}
     module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, weights=weights)
@@ -169,7 +169,7 @@ def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = compose_train(["experiment=demo", f"subset.store={labelled_store}", "trainer.max_epochs=2",
                          "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
-                         "graph_backend=torch", f"logger.0.save_dir={tmp_path / 'logs'}", *TINY_OVERRIDES])
+                         f"logger.0.save_dir={tmp_path / 'logs'}", *TINY_OVERRIDES])
     assert cfg.distill.name == "hessian" and cfg.distill.weights.hessian == cfg.subset.weights.hessian
     out = tmp_path / "run"
     result = run(cfg, str(out))
@@ -250,7 +250,7 @@ def test_resume_from_checkpoint_reproduces_the_metric_curve(labelled_store, tmp_
     def cfg(out, epochs, *extra):
         return compose_train(["experiment=demo", f"subset.store={labelled_store}", f"trainer.max_epochs={epochs}",
                               "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
-                              "graph_backend=torch", f"logger.0.save_dir={tmp_path / out}", "ema_decay=0.9",
+                              f"logger.0.save_dir={tmp_path / out}", "ema_decay=0.9",
                               *TINY_OVERRIDES, *extra])
 
     def val_curve(out):
