@@ -63,6 +63,25 @@ def teacher_lane_rows(hessians: list[torch.Tensor], rows: torch.Tensor) -> torch
     return torch.cat([h[r].view(len(r), -1, 3) for h, r in zip(hessians, rows)], dim=1)
 
 
+def compose_config(name: str, overrides=()):
+    """A config of conf/ composed as the command ``name`` would (Hydra's compose API, no run directory)."""
+    from hydra import compose, initialize_config_dir
+
+    from hessdistill.cli.config_path import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def distill_terms(distill: str = "hessian", rows: int = 2, **weights) -> dict:
+    """The loss terms of ``conf/distill/<distill>.yaml`` with ``rows`` Hessian rows and the given ``weights.<name>``
+    (the others as configured), as plain containers for ``DistillModule(terms=...)``."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("train", [f"distill={distill}", f"rows={rows}", *(f"weights.{k}={v}" for k, v in weights.items())])
+    return OmegaConf.to_container(cfg.distill.terms, resolve=True)
+
+
 def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:
     """Structures labelled with a teacher's energy (eV) and forces (eV/Å)."""
     structures = []

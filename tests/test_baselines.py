@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import label_with, rattled
+from conftest import distill_terms, label_with, rattled
+from hessdistill.data.labels import StoredLabels
 from hessdistill import losses
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.store import HessianStore, StoreError, write_structures
@@ -66,22 +67,26 @@ def train_cfg(store, distill, tmp_path, *extra):
 @pytest.mark.parametrize("distill", ["n2n", "a2a"])
 def test_baselines_train_through_the_hydra_command(distill, mace_feature_store, tmp_path, monkeypatch):
     from hessdistill.cli.train import run
-    from hessdistill.training.module import DistillModule
+    from hessdistill.evaluation.checkpoint import load_student
 
     monkeypatch.chdir(tmp_path)
     cfg = train_cfg(mace_feature_store, distill, tmp_path)
     result = run(cfg, str(tmp_path / "run"))
     assert result["distill"] == distill and result["test"]["test/force_mae"] > 0
-    module = DistillModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     with HessianStore(mace_feature_store) as store:
         if distill == "n2n":
-            assert module.n2n_projection.weight.shape == (store.node_feature_width("mace"), 16)
-            assert module.weights.n2n == 1e4
-        else:
+            projection = checkpoint["state_dict"]["loss.terms.n2n.projection.weight"]
+            assert projection.shape == (store.node_feature_width("mace"), 16)
+            assert checkpoint["hyper_parameters"]["terms"]["n2n"]["weight"] == 1e4
+        else:  # the checkpoint alone rebuilds the projected embedding (the plugin recorded the teacher's table)
             z, table = store.element_embeddings("mace")
-            emb = module.student.representation.embedding
+            emb = load_student(path).representation.embedding
             assert isinstance(emb, ProjectedEmbedding)
             torch.testing.assert_close(emb.teacher_table[torch.as_tensor(z)], torch.as_tensor(table))
+            torch.testing.assert_close(emb.projection.weight,
+                                       checkpoint["state_dict"]["student.representation.embedding.projection.weight"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["distill"] == distill
 
 
@@ -91,16 +96,19 @@ def test_n2n_term_falls_when_trained_alone(mace_feature_store):
 
     with HessianStore(mace_feature_store) as store:
         width = store.node_feature_width("mace")
-    dm = StoreDataModule(str(mace_feature_store), teacher="mace", rows=0, batch_size=12, split=(1.0, 0.0, 0.0),
-                         cutoff=4.0, node_features=True)
+    dm = StoreDataModule(str(mace_feature_store), labels=StoredLabels("mace", node_features=True), rows=0,
+                         batch_size=12, split=(1.0, 0.0, 0.0), cutoff=4.0)
     module = DistillModule({"_target_": "hessdistill.models.painn.PaiNN", "hidden_channels": 16, "num_layers": 2,
-                            "num_rbf": 8, "cutoff": 4.0}, weights={"energy": 0.0, "forces": 0.0, "hessian": 0.0,
-                                                                   "n2n": 1.0}, n2n_features=width, lr=1e-2)
+                            "num_rbf": 8, "cutoff": 4.0}, {"n2n": distill_terms("n2n", n2n=1.0)["n2n"]},
+                           optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2})
+    module.prepare(dm)
     module.log = lambda *a, **k: None  # no Trainer attached
     batch = next(iter(dm.train_dataloader()))
     assert batch.teacher_node_features.shape == (batch.pos.shape[0], width)
     opt = module.configure_optimizers()["optimizer"]
-    assert any(p is module.n2n_projection.weight for g in opt.param_groups for p in g["params"])
+    projection = module.loss.terms["n2n"].projection
+    assert projection.weight.shape == (width, 16)
+    assert any(p is projection.weight for g in opt.param_groups for p in g["params"])
     history = []
     for _ in range(40):
         opt.zero_grad()

@@ -10,7 +10,7 @@ from ase.build import bulk
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.hessian.rows import VMAP_FALLBACKS
 
-from conftest import make_batch, shared_file
+from conftest import distill_terms, make_batch, shared_file
 
 pytest.importorskip("chgnet")
 
@@ -81,6 +81,7 @@ def test_periodic_students_train_on_chgnet_hessians(tmp_path, chgnet):
     import lightning as L
 
     from hessdistill.data.datamodule import StoreDataModule
+    from hessdistill.data.labels import StoredLabels
     from hessdistill.data.store import HessianStore, write_structures
     from hessdistill.data.structures import Structure
     from hessdistill.precompute.run import precompute_teacher
@@ -100,11 +101,12 @@ def test_periodic_students_train_on_chgnet_hessians(tmp_path, chgnet):
         precompute_teacher(store, chgnet, batch_size=2, progress=False)
         assert store.hessian("chgnet", 1).shape == (24, 24)
     L.seed_everything(0)
-    dm = StoreDataModule(str(path), teacher="chgnet", rows=2, batch_size=4, split=(1.0, 0.0, 0.0), cutoff=4.0)
+    dm = StoreDataModule(str(path), labels=StoredLabels("chgnet"), rows=2, batch_size=4, split=(1.0, 0.0, 0.0),
+                         cutoff=4.0)
     batch = next(iter(dm.train_dataloader()))
     assert batch.edge_shift.abs().sum() > 0  # edges cross the cell boundary
     module = DistillModule({"_target_": "hessdistill.models.painn.PaiNN", "hidden_channels": 16, "num_layers": 2,
-                            "num_rbf": 8, "cutoff": 4.0}, weights={"energy": 1.0, "forces": 10.0, "hessian": 1.0})
+                            "num_rbf": 8, "cutoff": 4.0}, distill_terms(energy=1.0, forces=10.0, hessian=1.0))
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in module.student.parameters()

@@ -23,11 +23,12 @@ def composed(config: str, overrides: list[str]):
 
 def test_slurm_sweep_of_lambda_and_rows_composes():
     cfg = composed("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "experiment=demo",
-                             "trainer=gpu", "distill.lambda_kd=400", "distill.rows=4"])
+                             "trainer=gpu", "weights.hessian=400", "rows=4"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.gpus_per_node == 1 and launcher.timeout_min == 1440 and launcher.array_parallelism == 64
-    assert cfg.distill.weights.hessian == 400 and cfg.distill.rows == 4 and cfg.trainer.accelerator == "gpu"
+    hessian = cfg.distill.terms.hessian
+    assert hessian.weight == 400 and hessian.rows == 4 and cfg.trainer.accelerator == "gpu"
 
 
 def test_sharded_precompute_composes_as_an_array_job():
@@ -42,7 +43,7 @@ def test_sweep_runs_through_submitit_local_executor(labelled_store, tmp_path):
     sweep = tmp_path / "multirun"
     cmd = [sys.executable, "-m", "hessdistill.cli.train", "--multirun", "hydra/launcher=local", "experiment=demo",
            "distill=undistilled,hessian", f"subset.store={labelled_store}", "trainer.max_epochs=1",
-           "subset.batch_size=8", "subset.rows=1", f"hydra.sweep.dir={sweep}",
+           "subset.batch_size=8", "rows=1", f"hydra.sweep.dir={sweep}",
            "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
@@ -77,9 +78,9 @@ def test_ddp_on_two_processes_matches_one_process_on_the_same_global_batch(label
     import csv
 
     common = [sys.executable, "-m", "hessdistill.cli.train", "experiment=demo", f"subset.store={labelled_store}",
-              "trainer.max_epochs=3", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
+              "trainer.max_epochs=3", "subset.split=[0.5,0.25,0.25]", "rows=2",
               "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0",
-              "ema_decay=0.9", "trainer.enable_progress_bar=false"]
+              "callbacks.ema.decay=0.9", "trainer.enable_progress_bar=false"]
     runs = {"single": ["subset.batch_size=8"],
             "ddp": ["subset.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,9 +9,11 @@ from ase.build import molecule
 from torch_geometric.loader import DataLoader
 
 from conftest import teacher_lane_rows
+from hessdistill.data import keys
 from hessdistill.data.datamodule import StoreDataModule, StoreDataset
+from hessdistill.data.labels import StoredLabels
 from hessdistill.data.splits import split_indices
-from hessdistill.data.store import HessianStore, write_structures
+from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.data.structures import Structure
 from hessdistill.hessian.rows import force_jacobian_rows
 
@@ -49,11 +51,10 @@ def test_split_indices_partial_and_invalid():
 
 
 # ---- items and batches -------------------------------------------------------------------------------------
-def make_dataset(path, rows: int, fixed_rows_seed=None, dtype=torch.float64, indices=None):
+def make_dataset(path, rows: int, rows_seed: int = 0, dtype=torch.float64, indices=None):
     store = HessianStore(path)
     idx = np.arange(len(store)) if indices is None else np.asarray(indices)
-    return StoreDataset(store, idx, TEACHER, rows=rows, cutoff=4.0, max_neighbors=50,
-                        dtype=dtype, fixed_rows_seed=fixed_rows_seed)
+    return StoreDataset(store, idx, StoredLabels(TEACHER), rows=rows, cutoff=4.0, dtype=dtype, rows_seed=rows_seed)
 
 
 def test_items_carry_the_stored_hessian_rows(labelled_store):
@@ -63,12 +64,11 @@ def test_items_carry_the_stored_hessian_rows(labelled_store):
         item = ds[k]
         n = store.n_atoms(i)
         assert int(item.idx) == i
-        assert item.hess_row.shape == (1, 3) and item.hess_rows.shape == (n, 3, 3)
-        rows = item.hess_row[0].numpy()
+        assert item.sampled_rows.shape == (1, 3) and item.teacher_rows.shape == (3, n, 3)
+        rows = item.sampled_rows[0].numpy()
         assert len(set(rows.tolist())) == 3 and rows.max() < 3 * n
-        full = store.hessian(TEACHER, i)
-        expected = full[rows]  # (s, 3N)
-        np.testing.assert_array_equal(item.hess_rows.permute(1, 0, 2).reshape(3, 3 * n).numpy(), expected)
+        expected = store.hessian(TEACHER, i)[rows]  # (s, 3N)
+        np.testing.assert_array_equal(item.teacher_rows.reshape(3, 3 * n).numpy(), expected)
         energy, forces = store.teacher_labels(TEACHER, i)
         assert float(item.teacher_energy) == energy
         np.testing.assert_array_equal(item.teacher_forces.numpy(), forces)
@@ -76,39 +76,43 @@ def test_items_carry_the_stored_hessian_rows(labelled_store):
         assert item.edge_index.shape[0] == 2 and item.edge_index.shape[1] == n * (n - 1)  # all pairs within 4 Å
 
 
-def test_fixed_rows_seed_gives_the_same_rows_each_access(labelled_store):
-    fixed = make_dataset(labelled_store, rows=2, fixed_rows_seed=123)
-    assert torch.equal(fixed[3].hess_row, fixed[3].hess_row)
-    assert torch.equal(fixed[3].hess_rows, fixed[3].hess_rows)
-    other = make_dataset(labelled_store, rows=2, fixed_rows_seed=999)
-    assert any(not torch.equal(fixed[k].hess_row, other[k].hess_row) for k in range(len(fixed)))
+def test_evaluation_items_draw_fixed_rows_and_training_items_fresh_rows_per_epoch(labelled_store):
+    fixed = make_dataset(labelled_store, rows=2, rows_seed=123)
+    assert torch.equal(fixed[3].sampled_rows, fixed[3].sampled_rows)
+    assert torch.equal(fixed[3].teacher_rows, fixed[3].teacher_rows)
+    other = make_dataset(labelled_store, rows=2, rows_seed=999)
+    assert any(not torch.equal(fixed[k].sampled_rows, other[k].sampled_rows) for k in range(len(fixed)))
 
-    torch.manual_seed(0)
-    fresh = make_dataset(labelled_store, rows=1, fixed_rows_seed=None)
-    seen = {int(fresh[3].hess_row) for _ in range(20)}
-    assert len(seen) > 1  # training items draw new rows on each access
+    training = make_dataset(labelled_store, rows=1)
+    assert torch.equal(training[(3, 0)].sampled_rows, training[(3, 0)].sampled_rows)  # reproducible per epoch
+    seen = {int(training[(3, epoch)].sampled_rows) for epoch in range(20)}
+    assert len(seen) > 1  # training items draw new rows every epoch
 
 
-def test_batched_rows_permute_to_lanes_of_force_jacobian_rows(labelled_store, ani_teacher):
-    """Batched hess_rows (Ntot, s, 3) → .permute(1, 0, 2) is the (s, Ntot, 3) lane layout in which
-    force_jacobian_rows returns −H rows for the same ``hess_row`` indices."""
+def test_batches_hold_rows_in_the_lane_layout_of_force_jacobian_rows(labelled_store, ani_teacher):
+    """Items' rows (s, N, 3) collate along the atom axis into (s, Ntot, 3): the lane layout in which
+    force_jacobian_rows returns −H rows for the same ``sampled_rows`` indices, with no permute anywhere."""
     s = 3
-    ds = make_dataset(labelled_store, rows=s, fixed_rows_seed=0, indices=[1, 6, 11, 14])
+    ds = make_dataset(labelled_store, rows=s, indices=[1, 6, 11, 14])
     batch = next(iter(DataLoader(ds, batch_size=4, shuffle=False)))
     n_total = int(batch.ptr[-1])
-    assert batch.hess_rows.shape == (n_total, s, 3) and batch.hess_row.shape == (4, s)
-    lanes = batch.hess_rows.permute(1, 0, 2)
-    assert lanes.shape == (s, n_total, 3)
+    assert batch.teacher_rows.shape == (s, n_total, 3) and batch.sampled_rows.shape == (4, s)
 
     full = [torch.as_tensor(ds.store.hessian(TEACHER, int(i)), dtype=torch.float64) for i in batch.idx]
-    torch.testing.assert_close(lanes, teacher_lane_rows(full, batch.hess_row), atol=0, rtol=0)
+    torch.testing.assert_close(batch.teacher_rows, teacher_lane_rows(full, batch.sampled_rows), atol=0, rtol=0)
 
     # the teacher's own force Jacobian rows at the same indices (float32 storage tolerance)
     prepared = ani_teacher._prepare(batch.clone())
     energy = ani_teacher.energy(prepared)
     (grad,) = torch.autograd.grad(energy.sum(), prepared.pos, create_graph=True)
-    rows = force_jacobian_rows(-grad, prepared.pos, batch.hess_row, batch.ptr, create_graph=False)
-    torch.testing.assert_close(lanes, -rows, atol=1e-4, rtol=1e-5)
+    rows = force_jacobian_rows(-grad, prepared.pos, batch.sampled_rows, batch.ptr, create_graph=False)
+    torch.testing.assert_close(batch.teacher_rows, -rows, atol=1e-4, rtol=1e-5)
+
+
+def test_every_batch_field_is_in_the_schema(labelled_store):
+    ds = make_dataset(labelled_store, rows=2, indices=[0, 5])
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert set(batch.keys()) - {"batch", "ptr"} <= set(keys.FIELDS)
 
 
 # ---- energy statistics -------------------------------------------------------------------------------------
@@ -124,7 +128,7 @@ def test_energy_statistics_recovers_per_element_references(tmp_path, rng):
         structures.append(s)
     path = tmp_path / "linear.h5"
     write_structures(path, structures)
-    dm = StoreDataModule(str(path), teacher=None, split=(0.75, 0.25, 0.0), split_seed=1, cutoff=4.0)
+    dm = StoreDataModule(str(path), split=(0.75, 0.25, 0.0), split_seed=1, cutoff=4.0)
     atom_refs, force_rms = dm.energy_statistics()
     assert atom_refs.shape == (119,)
     train = dm.splits["train"]
@@ -140,21 +144,28 @@ def test_energy_statistics_recovers_per_element_references(tmp_path, rng):
     assert force_rms != pytest.approx(float(np.sqrt((all_forces**2).mean())), rel=1e-9)  # training split only
 
 
-def test_datamodule_requires_complete_teacher_labels(tmp_path, labelled_store):
+def test_datamodule_loaders_sample_training_and_fixed_evaluation_rows(labelled_store):
+    dm = StoreDataModule(str(labelled_store), labels=StoredLabels(TEACHER), rows=2, batch_size=5,
+                         split=(0.5, 0.25, 0.25), cutoff=4.0)
+    train = next(iter(dm.train_dataloader()))
+    val = next(iter(dm.val_dataloader()))
+    assert train.sampled_rows.shape == (5, 2)
+    assert val.sampled_rows.shape[1] == dm.eval_rows  # evaluation uses eval_rows with fixed seeds
+    val_again = next(iter(dm.val_dataloader()))
+    assert torch.equal(val.sampled_rows, val_again.sampled_rows)
+
+
+def test_store_requires_complete_teacher_labels(tmp_path, labelled_store):
     import shutil
 
     path = tmp_path / "copy.h5"
     shutil.copy(labelled_store, path)
-    store = HessianStore(path, mode="a")
-    store.file["teachers"][TEACHER]["done"][4] = False
-    store.close()
-    with pytest.raises(ValueError, match=f"{TEACHER}.*15/16.*finish precompute"):
-        StoreDataModule(str(path), teacher=TEACHER)
-    dm = StoreDataModule(str(labelled_store), teacher=TEACHER, rows=2, batch_size=5, split=(0.5, 0.25, 0.25),
-                         cutoff=4.0)
-    train = next(iter(dm.train_dataloader()))
-    val = next(iter(dm.val_dataloader()))
-    assert train.hess_row.shape == (5, 2)
-    assert val.hess_row.shape[1] == dm.eval_rows  # evaluation uses eval_rows with fixed seeds
-    val_again = next(iter(dm.val_dataloader()))
-    assert torch.equal(val.hess_row, val_again.hess_row)
+    with HessianStore(path, mode="a") as store:
+        store.file["teachers"][TEACHER]["done"][4] = False
+    with HessianStore(path) as store:
+        assert not store.is_complete(TEACHER)
+        with pytest.raises(StoreError, match=rf"copy.h5: teacher '{TEACHER}' has labels for 15/16 structures; run `x`"):
+            store.require_complete(TEACHER, "x")
+    with HessianStore(labelled_store) as store:
+        assert store.is_complete(TEACHER)
+        store.require_complete(TEACHER)

@@ -203,19 +203,6 @@ def test_max_neighbors_keeps_the_nearest(periodic):
     assert int(torch.bincount(full_index[1]).max()) > cap  # the cap did bind
 
 
-def test_backend_choices():
-    pos = random_cloud(n=6)
-    reference = radius_graph(pos, 2.0)
-    for backend in ("auto", "vesin"):
-        got = radius_graph(pos, 2.0, backend=backend)
-        assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
-    for backend in ("torch", "torch_cluster", "ase"):
-        with pytest.raises(ValueError, match=r"unknown radius-graph backend.*'auto', 'vesin'"):
-            radius_graph(pos, 2.0, backend=backend)
-    with pytest.raises(ValueError, match="unknown radius-graph backend"):
-        batch_radius_graph(Batch.from_data_list([structures()[0].to_data()]), 2.0, backend="torch")
-
-
 def crossing_structures(k: int, step: float = 1e-6) -> tuple[Structure, Structure]:
     """A molecule in which atom 4 moves by ``step`` Å radially across the distance of atom 0's k-th nearest
     neighbour (atom 2 for k = 2), so a cap of k swaps which of the two atom 0 keeps."""

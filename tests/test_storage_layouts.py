@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hessdistill.data.datamodule import StoreDataModule
+from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.precompute.run import precompute_teacher
 
@@ -73,7 +74,7 @@ def test_datamodule_samples_only_stored_rows(small_store, ani_teacher):
     store = HessianStore(small_store, mode="a")
     precompute_teacher(store, ani_teacher, layout="rows", rows_per_structure=4, progress=False)
     store.close()
-    dm = StoreDataModule(str(small_store), teacher="ani1x", rows=2, split=(1.0, 0.0, 0.0), cutoff=4.0)
+    dm = StoreDataModule(str(small_store), labels=StoredLabels("ani1x"), rows=2, split=(1.0, 0.0, 0.0), cutoff=4.0)
     ds = dm.dataset("train")
     check = HessianStore(small_store)
     for _ in range(3):
@@ -81,9 +82,10 @@ def test_datamodule_samples_only_stored_rows(small_store, ani_teacher):
             item = ds[k]
             i = int(item.idx)
             stored = set(check.stored_rows("ani1x", i).tolist())
-            assert set(item.hess_row[0].tolist()) <= stored
-            expected = check.hessian_rows("ani1x", i, item.hess_row[0].numpy())
-            torch.testing.assert_close(item.hess_rows.permute(1, 0, 2).reshape(2, -1), torch.as_tensor(expected))
-    too_many = StoreDataModule(str(small_store), teacher="ani1x", rows=5, split=(1.0, 0.0, 0.0), cutoff=4.0)
-    with pytest.raises(ValueError, match="5 Hessian rows asked per structure, 4 stored"):
+            assert set(item.sampled_rows[0].tolist()) <= stored
+            expected = check.hessian_rows("ani1x", i, item.sampled_rows[0].numpy())
+            torch.testing.assert_close(item.teacher_rows.reshape(2, -1), torch.as_tensor(expected))
+    too_many = StoreDataModule(str(small_store), labels=StoredLabels("ani1x"), rows=5, split=(1.0, 0.0, 0.0),
+                               cutoff=4.0)
+    with pytest.raises(ValueError, match=r"s.h5\[0\]: 5 Hessian rows asked per structure, 4 available"):
         too_many.dataset("train")[0]

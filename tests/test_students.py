@@ -164,7 +164,7 @@ def test_every_student_trains_under_the_same_hydra_command(name, labelled_store,
     tiny = TINY.get(name, TINY["gemnet_dt"])  # gemnet_t: GemNet-dT's network with conservative forces
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", f"student={name}", f"subset.store={labelled_store}",
-                                          "trainer.max_epochs=2", "subset.batch_size=8", "subset.rows=1",
+                                          "trainer.max_epochs=2", "subset.batch_size=8", "rows=1",
                                           "subset.split=[0.5,0.25,0.25]",
                                           f"logger.0.save_dir={tmp_path / 'logs'}",
                                           *[f"student.{k}={v}" for k, v in tiny.items()]])

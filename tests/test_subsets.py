@@ -216,12 +216,12 @@ def test_paper_experiments_compose_with_the_papers_values(name):
         baseline = compose("train", overrides=[f"experiment=paper_{name}", "distill=undistilled"])
         pre = compose("precompute", overrides=[f"teacher={teacher}", f"subset={name}"])
     assert cfg.teacher.name == teacher and cfg.subset.name == name and cfg.distill.name == "hessian"
-    w = cfg.distill.weights
-    assert (w.energy, w.forces, w.hessian, w.energy_grad) == (w_u, w_f, w_kd, w_grad)
-    assert cfg.subset.batch_size == batch and cfg.distill.rows == rows and cfg.student.cutoff == cutoff
+    t = cfg.distill.terms
+    assert (t.energy.weight, t.forces.weight, t.hessian.weight, t.energy_grad.weight) == (w_u, w_f, w_kd, w_grad)
+    assert cfg.subset.batch_size == batch and t.hessian.rows == rows and cfg.student.cutoff == cutoff
     assert cfg.trainer.accelerator == "gpu" and cfg.run_name == f"paper-{name}-hessian"
     assert cfg.student._target_.endswith("GemNet" if name.startswith("md22") else "PaiNN")  # the paper's students
-    assert baseline.distill.weights.hessian == 0 and baseline.distill.weights.forces == w_f
+    assert "hessian" not in baseline.distill.terms and baseline.distill.terms.forces.weight == w_f
     assert pre.subset.store == cfg.subset.store == f"stores/{name}.h5"
     assert cfg.subset.source._target_.startswith("hessdistill.data.sources.")
     for spec in cfg.subset.select:  # every selector resolves to a real class with these arguments

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from conftest import compose_config, distill_terms
 from hessdistill.data.datamodule import StoreDataModule
-from hessdistill.data.store import write_structures
+from hessdistill.data.labels import StoredLabels
+from hessdistill.data.store import StoreError, write_structures
 from hessdistill.training.callbacks import HalveKDWeight
-from hessdistill.training.module import DistillModule, LossWeights
+from hessdistill.training.module import DistillModule
 
 TINY_STUDENT = {"_target_": "hessdistill.models.painn.PaiNN", "hidden_channels": 16, "num_layers": 2, "num_rbf": 8,
                 "cutoff": 4.0}
@@ -53,11 +54,12 @@ def tiny_trainer(max_epochs: int, callbacks=()) -> L.Trainer:
 def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # anything Lightning writes lands in tmp_path
     L.seed_everything(0)
-    dm = StoreDataModule(str(labelled_store), teacher="ani1x", rows=2, batch_size=4, eval_batch_size=8,
+    dm = StoreDataModule(str(labelled_store), labels=StoredLabels("ani1x"), rows=2, batch_size=4, eval_batch_size=8,
                          split=(0.75, 0.25, 0.0), cutoff=4.0)
     module = DistillModule({**TINY_STUDENT, "force_mode": force_mode},
-                           weights={"energy": 1.0, "forces": 10.0, "hessian": 1.0}, lr=5e-3)
-    module.student.set_energy_statistics(*dm.energy_statistics())
+                           distill_terms(energy=1.0, forces=10.0, hessian=1.0, energy_grad=0.0),
+                           optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-3})
+    module.prepare(dm)
     losses = EpochLosses()
     trainer = tiny_trainer(15, [losses])
     (before,) = trainer.validate(module, datamodule=dm, verbose=False)
@@ -74,28 +76,49 @@ def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_pa
 
 def test_training_step_includes_every_weighted_term(labelled_store):
     L.seed_everything(0)
-    dm = StoreDataModule(str(labelled_store), teacher="ani1x", rows=2, batch_size=4, split=(1.0, 0.0, 0.0),
-                         cutoff=4.0)
+    dm = StoreDataModule(str(labelled_store), labels=StoredLabels("ani1x"), rows=2, batch_size=4,
+                         split=(1.0, 0.0, 0.0), cutoff=4.0)
     batch = next(iter(dm.train_dataloader()))
-    weights = {"energy": 2.0, "forces": 3.0, "hessian": 5.0, "energy_grad": 7.0, "force_kd": 11.0}
-    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, weights=weights)
-    module.student.set_energy_statistics(*dm.energy_statistics())
+    weights = {"energy": 2.0, "forces": 3.0, "hessian": 5.0, "energy_grad": 7.0}
+    terms = {**distill_terms("hessian", **weights), "force_kd": {**distill_terms("force_kd")["force_kd"], "weight": 11.0}}
+    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, terms)
+    module.prepare(dm)
     logged = {}
     module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
     loss = module.training_step(batch, 0)
-    terms = {k: logged[f"train/{k}"] for k in weights}
-    assert all(v > 0 for v in terms.values())
-    assert float(loss) == pytest.approx(sum(weights[k] * terms[k] for k in weights), rel=1e-5)
+    weights["force_kd"] = 11.0
+    values = {k: logged[f"train/{k}"] for k in weights}
+    assert all(v > 0 for v in values.values())
+    assert float(loss) == pytest.approx(sum(weights[k] * values[k] for k in weights), rel=1e-5)
     # the teacher is the reference here, so force KD equals the force term
-    assert terms["force_kd"] == pytest.approx(terms["forces"], rel=1e-6)
-    # the energy-gradient term is meaningless for a conservative student and is switched off
-    conservative = DistillModule({**TINY_STUDENT, "force_mode": "conservative"}, weights=weights)
-    assert conservative.weights.energy_grad == 0.0
+    assert values["force_kd"] == pytest.approx(values["forces"], rel=1e-6)
+
+
+def test_energy_gradient_term_is_switched_off_for_conservative_students(labelled_store, caplog):
+    terms = distill_terms("undistilled", energy_grad=7.0)
+    for force_mode, expected in (("direct", 7.0), ("conservative", 0.0)):
+        module = DistillModule({**TINY_STUDENT, "force_mode": force_mode}, terms)
+        module.loss.setup(module.student, None)
+        assert module.loss.weight("energy_grad") == expected
+    assert "direct-force students only" in caplog.text
+
+
+def test_loss_terms_declare_what_they_need():
+    hessian = DistillModule(TINY_STUDENT, distill_terms("hessian", rows=3)).loss
+    assert hessian.targets == {"energy", "forces", "teacher_rows"} and hessian.rows == 3
+    assert "force_jacobian_rows" in hessian.predictions
+    undistilled = DistillModule(TINY_STUDENT, distill_terms("undistilled")).loss
+    assert undistilled.targets == {"energy", "forces"} and undistilled.rows == 0
+    assert DistillModule(TINY_STUDENT, distill_terms("n2n")).loss.targets >= {"teacher_node_features"}
+    with pytest.raises(InstantiationException, match="unknown loss 'nope'"):
+        DistillModule(TINY_STUDENT, {"x": {**distill_terms("undistilled")["forces"], "loss": "nope"}})
+    with pytest.raises(InstantiationException, match="unknown target 'teacher_hessian'"):
+        DistillModule(TINY_STUDENT, {"x": {**distill_terms("undistilled")["forces"], "target": "teacher_hessian"}})
 
 
 # ---- λ_KD halving ------------------------------------------------------------------------------------------
 def halving_setup(student: float, teacher: float, sanity: bool = False, hessian: float = 400.0):
-    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, weights={"hessian": hessian})
+    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms(hessian=hessian))
     trainer = SimpleNamespace(sanity_checking=sanity, callback_metrics={
         "val/loss_ef": torch.tensor(student), "val/teacher_loss_ef": torch.tensor(teacher)})
     return module, trainer
@@ -105,39 +128,42 @@ def test_halve_kd_weight_halves_once_when_student_beats_teacher():
     callback = HalveKDWeight(metric="loss_ef", margin=0.0, max_halvings=1)
     module, trainer = halving_setup(student=3.0, teacher=2.0)
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 400.0  # student worse than teacher: unchanged
+    assert module.loss.weight("hessian") == 400.0  # student worse than teacher: unchanged
 
     trainer.sanity_checking = True
     trainer.callback_metrics["val/loss_ef"] = torch.tensor(1.0)
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 400.0  # sanity-check validation never counts
+    assert module.loss.weight("hessian") == 400.0  # sanity-check validation never counts
 
     trainer.sanity_checking = False
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 200.0
+    assert module.loss.weight("hessian") == 200.0
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 200.0  # at most max_halvings
+    assert module.loss.weight("hessian") == 200.0  # at most max_halvings
     assert callback.state_dict() == {"halvings": 1}
 
 
 def test_halve_kd_weight_margin_and_equality():
     callback = HalveKDWeight(metric="force_mae", margin=0.05, max_halvings=2)
-    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, weights={"hessian": 100.0})
+    module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms(hessian=100.0))
     trainer = SimpleNamespace(sanity_checking=False, callback_metrics={
         "val/force_mae": torch.tensor(10.6), "val/teacher_force_mae": torch.tensor(10.0)})
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 100.0  # 10.6 > 1.05 · 10
+    assert module.loss.weight("hessian") == 100.0  # 10.6 > 1.05 · 10
     trainer.callback_metrics["val/force_mae"] = torch.tensor(10.5)
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 50.0  # within 5 % (≤)
+    assert module.loss.weight("hessian") == 50.0  # within 5 % (≤)
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 25.0
+    assert module.loss.weight("hessian") == 25.0
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 25.0
+    assert module.loss.weight("hessian") == 25.0
     # missing metrics or a run without KD leave everything alone
-    off = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, weights={"hessian": 0.0})
+    off = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms(hessian=0.0))
     HalveKDWeight().on_validation_end(trainer, off)
-    assert off.weights.hessian == 0.0
+    assert off.loss.weight("hessian") == 0.0
+    undistilled = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms("undistilled"))
+    HalveKDWeight().on_validation_end(trainer, undistilled)  # no such term: nothing to halve
+    assert "hessian" not in undistilled.loss.terms
 
 
 def test_halve_kd_weight_state_restores_lambda_on_resume():
@@ -145,22 +171,21 @@ def test_halve_kd_weight_state_restores_lambda_on_resume():
     module, trainer = halving_setup(student=1.0, teacher=2.0)
     callback.on_validation_end(trainer, module)
     callback.on_validation_end(trainer, module)
-    assert module.weights.hessian == 100.0
+    assert module.loss.weight("hessian") == 100.0
     state = callback.state_dict()
 
     resumed = HalveKDWeight(max_halvings=3)
     resumed.load_state_dict(state)
     fresh_module, _ = halving_setup(student=1.0, teacher=2.0)
-    assert fresh_module.weights.hessian == 400.0
+    assert fresh_module.loss.weight("hessian") == 400.0
     resumed.on_fit_start(trainer, fresh_module)  # a resumed run continues with the halved λ_KD
-    assert fresh_module.weights.hessian == 100.0
-    assert LossWeights(**fresh_module.hparams.weights).hessian == 400.0  # the configured value is kept
+    assert fresh_module.loss.weight("hessian") == 100.0
+    assert fresh_module.loss.initial_weights["hessian"] == 400.0  # the configured value is kept
 
 
 # ---- the Hydra CLI -----------------------------------------------------------------------------------------
 def compose_train(overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_config("train", overrides)
 
 
 def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
@@ -168,9 +193,9 @@ def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_train(["experiment=demo", f"subset.store={labelled_store}", "trainer.max_epochs=2",
-                         "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
+                         "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "rows=2",
                          f"logger.0.save_dir={tmp_path / 'logs'}", *TINY_OVERRIDES])
-    assert cfg.distill.name == "hessian" and cfg.distill.weights.hessian == cfg.subset.weights.hessian
+    assert cfg.distill.name == "hessian" and cfg.distill.terms.hessian.weight == cfg.weights.hessian == 3.0
     out = tmp_path / "run"
     result = run(cfg, str(out))
     written = json.loads((out / "metrics.json").read_text())
@@ -187,22 +212,24 @@ def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["logs", "run"]  # nothing written elsewhere
 
 
-@pytest.mark.parametrize("distill", ["undistilled", "force_kd", "hessian"])
+@pytest.mark.parametrize("distill", ["undistilled", "force_kd", "hessian", "n2n", "a2a"])
 def test_distill_overrides_compose(distill):
-    cfg = compose_train(["experiment=demo", f"distill={distill}", "distill.lambda_kd=100"]
-                        if distill == "hessian" else ["experiment=demo", f"distill={distill}"])
-    w = cfg.distill.weights
+    cfg = compose_train(["experiment=demo", f"distill={distill}", "weights.hessian=100", "weights.forces=50"])
+    terms = cfg.distill.terms
     assert cfg.distill.name == distill and cfg.run_name == f"demo_hcno-{distill}"
-    assert w.energy == cfg.subset.weights.energy and w.forces == cfg.subset.weights.forces
+    assert terms.energy.weight == 5.0 and terms.forces.weight == 50.0 and terms.energy_grad.weight == 5.0
+    assert ("hessian" in terms) == (distill == "hessian") and ("force_kd" in terms) == (distill == "force_kd")
     if distill == "hessian":
-        assert w.hessian == 100.0 and cfg.distill.rows == cfg.subset.rows >= 1
-    else:
-        assert w.hessian == 0.0 and cfg.distill.rows == 0
-    assert w.force_kd == (cfg.subset.weights.forces if distill == "force_kd" else 0.0)
-    assert cfg.student.hidden_channels == 64 and cfg.trainer.inference_mode is False  # experiment=demo applied
+        assert terms.hessian.weight == 100.0 and terms.hessian.rows == cfg.rows == 4
+        assert cfg.callbacks.halve_kd.max_halvings == 1
+    if distill == "force_kd":
+        assert terms.force_kd.weight == 50.0  # force KD takes the force weight
+    assert len(cfg.distill.plugins) == (distill == "a2a")
+    assert cfg.student.hidden_channels == 64 and cfg.callbacks.ema.decay == 0.99  # experiment=demo applied
+    assert cfg.datamodule.cutoff == cfg.student.cutoff  # the graph is built at the student's cutoff
 
 
-def test_cli_refuses_kd_without_teacher_labels_or_rows(tmp_path, labelled_store):
+def test_cli_refuses_kd_without_teacher_labels(tmp_path):
     from conftest import rattled
     from hessdistill.cli.train import run
     from hessdistill.data.structures import Structure
@@ -213,11 +240,11 @@ def test_cli_refuses_kd_without_teacher_labels_or_rows(tmp_path, labelled_store)
     s.energy, s.forces = -2000.0, np.zeros((3, 3))
     write_structures(unlabelled, [s, s, s, s])
     cfg = compose_train(["experiment=demo", f"subset.store={unlabelled}", f"logger.0.save_dir={tmp_path}"])
-    with pytest.raises(FileNotFoundError, match="no complete labels from teacher 'ani1x'.*hessdistill-precompute"):
+    with pytest.raises(StoreError, match="teacher 'ani1x' has labels for 0/4 structures; run `hessdistill-precompute"):
         run(cfg, str(tmp_path / "a"))
-    cfg = compose_train(["experiment=demo", f"subset.store={labelled_store}", "distill.rows=0",
+    cfg = compose_train(["experiment=demo", f"subset.store={unlabelled}", "teacher_mode=online", "distill=n2n",
                          f"logger.0.save_dir={tmp_path}"])
-    with pytest.raises(ValueError, match="rows >= 1"):
+    with pytest.raises(ValueError, match=r"need \['teacher_node_features'\], which this label source does not"):
         run(cfg, str(tmp_path / "b"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -234,7 +261,7 @@ def test_cli_multirun_subprocess(labelled_store, tmp_path):
     metrics = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("metrics.json")}
     assert sorted(metrics) == ["demo_hcno-force_kd-1", "demo_hcno-undistilled-0"]
     for name, m in metrics.items():
-        assert m["distill"] in name and m["epochs"] == 1 and m["lambda_kd_final"] == 0.0
+        assert m["distill"] in name and m["epochs"] == 1 and "hessian" not in m["final_weights"]
         assert "test/hessian_mae" in m["test"]  # the teacher's rows are still evaluated when present
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun"]
 
@@ -249,8 +276,8 @@ def test_resume_from_checkpoint_reproduces_the_metric_curve(labelled_store, tmp_
 
     def cfg(out, epochs, *extra):
         return compose_train(["experiment=demo", f"subset.store={labelled_store}", f"trainer.max_epochs={epochs}",
-                              "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "subset.rows=2",
-                              f"logger.0.save_dir={tmp_path / out}", "ema_decay=0.9",
+                              "subset.batch_size=4", "subset.split=[0.5,0.25,0.25]", "rows=2",
+                              f"logger.0.save_dir={tmp_path / out}", "callbacks.ema.decay=0.9",
                               *TINY_OVERRIDES, *extra])
 
     def val_curve(out):

@@ -84,7 +84,7 @@ def write_run_info(output_dir: Path) -> dict:
 
     versions = {}
     for name in ("hessdistill", "torch", "lightning", "torch-geometric", "hydra-core", "numpy", "h5py", "ase",
-                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin"):
+                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin-torch"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -117,7 +117,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     main_process = rank_zero_only.rank == 0  # under DDP every rank runs this function; one writes the files
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")
-    module.student.set_energy_statistics(*dm.energy_statistics())
+    module.prepare(dm)
     loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks(cfg, output_dir),

@@ -65,10 +65,10 @@ class StoreDataset(Dataset):
     """
 
     def __init__(self, store: HessianStore, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
-                 cutoff: float, max_neighbors: int | None, graph_backend: str = "auto",
-                 dtype: torch.dtype = torch.float32, rows_seed: int = 0) -> None:
+                 cutoff: float, max_neighbors: int | None = None, dtype: torch.dtype = torch.float32,
+                 rows_seed: int = 0) -> None:
         self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
-        self.cutoff, self.max_neighbors, self.graph_backend, self.dtype = cutoff, max_neighbors, graph_backend, dtype
+        self.cutoff, self.max_neighbors, self.dtype = cutoff, max_neighbors, dtype
         self.rows_seed = rows_seed
 
     def __len__(self) -> int:
@@ -81,7 +81,7 @@ class StoreDataset(Dataset):
         data = self.store.structure(i).to_data(self.dtype)
         data.idx = torch.tensor([i])
         data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
-                                                        data.pbc[0], self.graph_backend)
+                                                        data.pbc[0])
         if self.labels is not None:
             self.labels.label_item(data, self.store, i, self.rows, rows_generator(i, self.rows_seed, epoch))
         return data
@@ -100,14 +100,13 @@ class StoreDataModule(L.LightningDataModule):
 
     def __init__(self, store: str, labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
-                 cutoff: float = 5.0, max_neighbors: int | None = None, graph_backend: str = "auto",
-                 num_workers: int = 0, eval_rows: int = 4, dtype: str = "float32", split_by: str | None = None,
+                 cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4, dtype: str = "float32", split_by: str | None = None,
                  split_file: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.store_path, self.labels, self.rows = store, labels, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
-        self.cutoff, self.max_neighbors, self.graph_backend = cutoff, max_neighbors, graph_backend
+        self.cutoff, self.max_neighbors = cutoff, max_neighbors
         self.eval_rows, self.seed = eval_rows, seed
         self.dtype = getattr(torch, dtype)
         self.store = HessianStore(store)
@@ -133,7 +132,7 @@ class StoreDataModule(L.LightningDataModule):
         """The dataset of split ``name``: training rows per epoch from the run seed, fixed rows from the split seed."""
         training = name == "train"
         return StoreDataset(self.store, self.splits[name], self.labels, self.rows if training else self.eval_rows,
-                            self.cutoff, self.max_neighbors, self.graph_backend, self.dtype,
+                            self.cutoff, self.max_neighbors, self.dtype,
                             rows_seed=self.seed if training else self.split_seed)
 
     def train_dataloader(self):

@@ -20,14 +20,6 @@ import torch
 from torch import Tensor
 from vesin_torch import NeighborList
 
-BACKENDS = ("auto", "vesin")
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown radius-graph backend {backend!r}; choose one of {BACKENDS}")
-
-
 def _cap_neighbors(edge_index: Tensor, dist: Tensor, n_atoms: int, max_neighbors: int) -> Tensor:
     """Keep the ``max_neighbors`` nearest sources of every target; returns a boolean mask over edges."""
     target = edge_index[1]
@@ -94,30 +86,27 @@ def _molecule_edges(calculator: NeighborList, cutoff: float, pos: Tensor, graph:
 
 
 def radius_graph(pos: Tensor, cutoff: float, max_neighbors: int | None = None, cell: Tensor | None = None,
-                 pbc: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+                 pbc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Edges within ``cutoff`` Å of one structure: pos (N, 3) Å, cell (3, 3) Å, pbc (3,) bool (None: a molecule).
 
-    Any pbc combination is supported; a periodic axis needs a non-zero cell vector. ``backend``: "auto" or
-    "vesin" (the same). Returns edge_index (2, E) int64 and edge_shift (E, 3) Å on the device and dtype of pos.
+    Any pbc combination is supported; a periodic axis needs a non-zero cell vector. Returns edge_index (2, E)
+    int64 and edge_shift (E, 3) Å on the device and dtype of pos.
     """
-    _check_backend(backend)
     cell = pos.new_zeros(3, 3) if cell is None else cell
     pbc = torch.zeros(3, dtype=torch.bool) if pbc is None else pbc
     edge_index, shift = _vesin_edges(_neighbor_list(cutoff), pos, cell, pbc)
     return _capped(edge_index, shift, pos, max_neighbors)
 
 
-def batch_radius_graph(batch, cutoff: float, max_neighbors: int | None = None,
-                       backend: str = "auto") -> tuple[Tensor, Tensor]:
+def batch_radius_graph(batch, cutoff: float, max_neighbors: int | None = None) -> tuple[Tensor, Tensor]:
     """Radius graphs of every structure of a PyG batch (pos (Ntot, 3) Å, batch (Ntot,), ptr (B+1,),
     cell (B, 3, 3) Å, pbc (B, 3) bool), joined: edge_index (2, E) int64 into the batch's atoms and edge_shift
-    (E, 3) Å, on the device and dtype of ``batch.pos``. ``max_neighbors`` and ``backend`` as in ``radius_graph``.
+    (E, 3) Å, on the device and dtype of ``batch.pos``. ``max_neighbors`` as in ``radius_graph``.
 
     vesin 0.6 computes one system per call (no batched API): all molecules (no periodic axis) go through one call,
     packed far apart (``_packed_apart``); each periodic structure takes its own call. Edges are grouped that way
     (molecules first), not by structure.
     """
-    _check_backend(backend)
     calculator = _neighbor_list(cutoff)
     pos, periodic = batch.pos, batch.pbc.any(dim=1)
     in_molecule = torch.nonzero(~periodic[batch.batch]).squeeze(1)

@@ -44,14 +44,14 @@ class DistillModule(L.LightningModule):
         self.student = hydra.utils.instantiate(student)
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
 
-    def setup(self, stage: str) -> None:
-        """Plugins and terms that depend on the data (teacher embeddings, feature widths) are built here, before a
-        checkpoint is restored and before the optimizer is made. Plugins record what they read in the hyper-parameters,
-        so ``hessdistill.evaluation.checkpoint.load_student`` rebuilds the same student without the data."""
-        datamodule = self.trainer.datamodule
+    def prepare(self, datamodule) -> None:
+        """Fit what depends on the data, once, before training (and before a checkpoint is restored into the module):
+        the student's energy reference and scale from the training split, its plugins (teacher embeddings) and the
+        terms' own layers (feature projections). Plugins record what they read in the hyper-parameters, so
+        ``hessdistill.evaluation.checkpoint.load_student`` rebuilds the same student without the data."""
+        self.student.set_energy_statistics(*datamodule.energy_statistics())
         for k, config in enumerate(self.hparams.plugins):
-            plugin = hydra.utils.instantiate(config)
-            self.hparams.plugins[k] = plugin.apply(self.student, datamodule)
+            self.hparams.plugins[k] = hydra.utils.instantiate(config).apply(self.student, datamodule)
         self.loss.setup(self.student, datamodule)
 
     # ---- loss ----------------------------------------------------------------------------------------
