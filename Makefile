@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/hessdistill-demo
 
-# the notebooks run top to bottom in a real kernel (nbmake) beside the test suite
+# lint first (ruff, pyproject.toml), then the notebooks run top to bottom in a real kernel (nbmake) beside the tests
 test: install
+	$(VENV)/bin/ruff check hessdistill tests benchmarks
 	$(VENV)/bin/python -m pytest -q --nbmake tests notebooks
 
 clean:

@@ -48,7 +48,8 @@ def write_variant(source: HessianStore, teacher: str, path: Path, layout: str, d
     with HessianStore(path, "a") as out:
         attrs = {key: value for key, value in source.teacher_group(teacher).attrs.items()
                  if key not in ("hessian_layout", "hessian_dtype", "rows_per_structure", "created")}
-        out.create_teacher(teacher, attrs, layout=layout, dtype=dtype, rows_per_structure=k if layout == "rows" else None)
+        out.create_teacher(teacher, attrs, layout=layout, dtype=dtype,
+                           rows_per_structure=k if layout == "rows" else None)
         for i in range(len(source)):
             energy, forces = source.teacher_labels(teacher, i)
             h = source.hessian(teacher, i)
@@ -102,7 +103,8 @@ def main() -> None:
                     compress_store(out, comp)
                 us, picks = time_reads(out, teacher, args.rows, args.reads)
                 with HessianStore(out) as store:
-                    err = max(float(np.abs(store.hessian_rows(teacher, i, r) - source.hessian_rows(teacher, i, r)).max())
+                    err = max(float(np.abs(store.hessian_rows(teacher, i, r)
+                                           - source.hessian_rows(teacher, i, r)).max())
                               for i, r in picks[:200])
                     hessian_bytes = store.teacher_group(teacher)["hessian"].id.get_storage_size()
                 rows.append((layout, dtype, comp or "none", hessian_bytes, out.stat().st_size, us, err))

@@ -18,13 +18,13 @@ from pathlib import Path
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
+from row_strategies import step
 from torch_geometric.data import Batch
 
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.evaluation.speed import speed_report, timed
 from hessdistill.hessian.rows import sample_batch_rows
-from row_strategies import step
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
 

@@ -31,8 +31,8 @@ from torch_geometric.data import Batch
 
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
-from hessdistill.hessian.rows import force_jacobian_rows, sample_batch_rows
 from hessdistill.hessian.memory import MemoryBudget
+from hessdistill.hessian.rows import force_jacobian_rows, sample_batch_rows
 from hessdistill.precompute.batch_size import size_sorted
 from hessdistill.precompute.run import precompute_teacher
 
@@ -242,12 +242,14 @@ def main() -> None:
           f"{teacher.dtype}")
     print(f"{len(structures)} structures from {Path(args.data).name}: atoms {min(n_atoms)}-{max(n_atoms)} "
           f"(mean {np.mean(n_atoms):.1f}), {n_rows} Hessian rows in all; batch {B} -> {len(batches)} batches, "
-          f"{lanes_batched} batched VJP lanes vs {n_rows} one at a time; best of {args.repeat} round-robin round(s) after a warm-up; "
+          f"{lanes_batched} batched VJP lanes vs {n_rows} one at a time; "
+          f"best of {args.repeat} round-robin round(s) after a warm-up; "
           f"chunk size {args.chunk_size or 'all'}")
 
     workdir, chosen = Path(tempfile.mkdtemp(prefix="hessdistill-bench-")), {}
     methods = {
-        "precompute batch_size=auto": lambda: precompute_run(teacher, structures, "auto", args.chunk_size, workdir, chosen),
+        "precompute batch_size=auto": lambda: precompute_run(teacher, structures, "auto", args.chunk_size,
+                                                             workdir, chosen),
         "precompute batch_size=1": lambda: precompute_run(teacher, structures, 1, args.chunk_size, workdir, chosen),
         "ours batched (vmap, batch B)": lambda: ours(teacher, batches, args.chunk_size, "vmap"),
         "ours one-at-a-time (vmap)": lambda: ours(teacher, singles, args.chunk_size, "vmap"),
@@ -256,10 +258,13 @@ def main() -> None:
     try:
         import mace.modules.utils as mu
 
-        methods["mace-torch compute_hessians_vmap (1/call)"] = lambda: mace_utils(teacher, singles, mu.compute_hessians_vmap)
-        methods["mace-torch compute_hessians_loop (1/call)"] = lambda: mace_utils(teacher, singles, mu.compute_hessians_loop)
+        methods["mace-torch compute_hessians_vmap (1/call)"] = lambda: mace_utils(teacher, singles,
+                                                                                  mu.compute_hessians_vmap)
+        methods["mace-torch compute_hessians_loop (1/call)"] = lambda: mace_utils(teacher, singles,
+                                                                                  mu.compute_hessians_loop)
         if args.mace_whole_batch:  # 3·Ntot lanes incl. the zero cross-structure blocks: slow, opt-in
-            methods["mace-torch compute_hessians_vmap (batch B)"] = lambda: mace_utils(teacher, batches, mu.compute_hessians_vmap)
+            methods["mace-torch compute_hessians_vmap (batch B)"] = lambda: mace_utils(teacher, batches,
+                                                                                       mu.compute_hessians_vmap)
     except Exception as exc:  # noqa: BLE001
         print(f"mace-torch Hessian utilities unavailable ({type(exc).__name__}: {exc}); skipped")
     if args.teacher == "mace":
@@ -329,7 +334,8 @@ def main() -> None:
     # the remaining ratios are for what users run: precompute with batch_size=auto (else the fixed batch B)
     t_ours = times.get("precompute batch_size=auto", t_b)
     if "ours loop of 3N grads (batch 1)" in times:
-        print(f"speedup vs loop of 3N autograd.grad (batch 1): {times['ours loop of 3N grads (batch 1)'] / t_ours:.1f}x")
+        print(f"speedup vs loop of 3N autograd.grad (batch 1): "
+              f"{times['ours loop of 3N grads (batch 1)'] / t_ours:.1f}x")
     for name in ("mace-torch MACECalculator.get_hessian", "mace-torch compute_hessians_vmap (1/call)",
                  "mace-torch compute_hessians_loop (1/call)", "mace-torch compute_hessians_vmap (batch B)"):
         if name in times:
@@ -360,7 +366,8 @@ def main() -> None:
     rows = {k: sample_batch_rows(counts.cpu(), k, gen) for k in (1, 4)}
     rep = max(args.repeat, 3)  # these calls are short: a few repeats steady them
     t_fwd, _ = timed(forward, device, rep)
-    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=lane_chunks(args.chunk_size), strategy="vmap").hessians, device, rep)
+    t_full, full = timed(lambda: teacher.hessians(b0, chunk_size=lane_chunks(args.chunk_size),
+                                                  strategy="vmap").hessians, device, rep)
     line = []
     for k in (1, 4):
         t_k, jac = timed(rows_fn(k), device, rep)

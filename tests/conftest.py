@@ -73,13 +73,36 @@ def compose_config(name: str, overrides=()):
         return compose(name, overrides=list(overrides))
 
 
+def precompute_config(store, *overrides):
+    """``hessdistill-precompute``'s config for the store at ``store`` with further overrides."""
+    return compose_config("precompute", [f"subset.store={store}", *overrides])
+
+
 def distill_terms(distill: str = "hessian", rows: int = 2, **weights) -> dict:
     """The loss terms of ``conf/distill/<distill>.yaml`` with ``rows`` Hessian rows and the given ``weights.<name>``
     (the others as configured), as plain containers for ``DistillModule(terms=...)``."""
     from omegaconf import OmegaConf
 
-    cfg = compose_config("train", [f"distill={distill}", f"rows={rows}", *(f"weights.{k}={v}" for k, v in weights.items())])
+    cfg = compose_config("train", [f"distill={distill}", f"rows={rows}",
+                                   *(f"weights.{k}={v}" for k, v in weights.items())])
     return OmegaConf.to_container(cfg.distill.terms, resolve=True)
+
+
+def tiny_mace(seed: int = 0):
+    """A small random-weight mace-torch model (H C N O, r_max 4 Å, l ≤ 2, 8 channels), a stand-in teacher."""
+    import mace  # noqa: F401  (must be imported before e3nn)
+    from e3nn import o3
+    from mace import modules
+
+    torch.manual_seed(seed)
+    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+    return modules.ScaleShiftMACE(
+        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
+        interaction_cls_first=block, num_interactions=2, num_elements=4, hidden_irreps=o3.Irreps("8x0e+8x1o"),
+        MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.zeros(4), avg_num_neighbors=3.0,
+        atomic_numbers=[1, 6, 7, 8], correlation=2, gate=torch.nn.functional.silu,
+    )
 
 
 def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:

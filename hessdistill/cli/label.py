@@ -24,9 +24,9 @@ import ase.io
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.data.store import write_structures
 from hessdistill.data.structures import Structure
+from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.labelling.append_log import append_frame, read_complete
 from hessdistill.labelling.md_sampling import langevin_snapshots
 
@@ -64,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[1], help="one MD trajectory per molecule and seed")
     p.add_argument("--snapshots", type=int, default=10, help="snapshots per trajectory")
     p.add_argument("--teacher", default="ani1x", help="ANI model name for the MD (ani1x, ani1ccx, ani2x)")
-    p.add_argument("--teacher-info", default=None, help="NeuroChem .info file (ANI-2x: torchani_resources/ani-2x_8x.info)")
+    p.add_argument("--teacher-info", default=None,
+                   help="NeuroChem .info file (ANI-2x: torchani_resources/ani-2x_8x.info)")
     p.add_argument("--temperature", type=float, default=500.0, help="K")
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--friction", type=float, default=0.01, help="1/fs")
@@ -136,7 +137,8 @@ def _append_all(out: str, results, total: int) -> None:
     for k, (atoms, seconds) in enumerate(results, 1):
         append_frame(out, atoms)
         info = atoms.info
-        print(f"[{k}/{total}] {info['molecule']} seed {info['seed']} frame {info['frame']}: {seconds:.1f} s", flush=True)
+        print(f"[{k}/{total}] {info['molecule']} seed {info['seed']} frame {info['frame']}: {seconds:.1f} s",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ class StoreDataModule(L.LightningDataModule):
 
     def __init__(self, store: str, labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
-                 cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4, dtype: str = "float32", split_by: str | None = None,
+                 cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4,
+                 dtype: str = "float32", split_by: str | None = None,
                  split_file: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.store_path, self.labels, self.rows = store, labels, rows

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from vesin_torch import NeighborList
 
+
 def _cap_neighbors(edge_index: Tensor, dist: Tensor, n_atoms: int, max_neighbors: int) -> Tensor:
     """Keep the ``max_neighbors`` nearest sources of every target; returns a boolean mask over edges."""
     target = edge_index[1]

@@ -13,8 +13,14 @@ import abc
 
 import torch
 
-from hessdistill.data.keys import (SAMPLED_ROWS, TEACHER_ENERGY, TEACHER_FORCES, TEACHER_NODE_FEATURES, TEACHER_ROWS,
-                                   StructureData)
+from hessdistill.data.keys import (
+    SAMPLED_ROWS,
+    TEACHER_ENERGY,
+    TEACHER_FORCES,
+    TEACHER_NODE_FEATURES,
+    TEACHER_ROWS,
+    StructureData,
+)
 from hessdistill.data.store import HessianStore
 from hessdistill.hessian.rows import RowStrategy, sample_rows
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
@@ -130,7 +130,8 @@ class InfoRange:
         if value is None:
             return False
         value = float(value)
-        return (self.min_value is None or value >= self.min_value) and (self.max_value is None or value <= self.max_value)
+        return ((self.min_value is None or value >= self.min_value)
+                and (self.max_value is None or value <= self.max_value))
 
     def __repr__(self) -> str:
         return f"InfoRange({self.key}, {self.min_value}..{self.max_value})"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -33,7 +33,8 @@ def split_counts(n: int, sizes: Sequence[float | None]) -> tuple[int, int, int]:
         n_test = rest if last is None else min(int(round(last * n)), rest)
     else:  # counts
         if any(x != int(x) for x in given):
-            raise ValueError(f"split sizes must be fractions that sum to ≤ 1 or integer structure counts, got {list(sizes)}")
+            raise ValueError(f"split sizes must be fractions that sum to ≤ 1 or integer structure counts, "
+                             f"got {list(sizes)}")
         n_train, n_val = int(head[0]), int(head[1])
         rest = n - n_train - n_val
         n_test = rest if last is None else int(last)

@@ -33,8 +33,8 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import h5py
 import numpy as np
@@ -87,7 +87,8 @@ def write_structures(path: str | Path, structures: Sequence[Structure], overwrit
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent shard jobs may race to create it
     try:
         with h5py.File(partial, "w") as f:
-            f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS),
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S"))
             f.attrs.update(attrs or {})
             g = f.create_group("structures")
             g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
@@ -136,7 +137,7 @@ class HessianStore:
             self._file = None
         self._readers = {}
 
-    def __enter__(self) -> "HessianStore":
+    def __enter__(self) -> HessianStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -149,6 +150,11 @@ class HessianStore:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def attributes(self) -> dict:
+        """The root attributes: format, version, units and how the store was made (e.g. ``subset_select``)."""
+        return dict(self.file.attrs)
 
     def n_atoms(self, i: int | None = None):
         counts = np.diff(self.offsets)
@@ -229,7 +235,8 @@ class HessianStore:
 
     def teacher_group(self, teacher: str) -> h5py.Group:
         if teacher not in self.teachers():
-            raise StoreError(f"{self.path} has no labels from teacher {teacher!r} (has: {self.teachers()}); run precompute")
+            raise StoreError(f"{self.path} has no labels from teacher {teacher!r} (has: {self.teachers()}); "
+                             f"run precompute")
         return self.file["teachers"][teacher]
 
     def create_teacher(self, teacher: str, attrs: dict, layout: str = "full", dtype: str = "float32",
@@ -257,7 +264,8 @@ class HessianStore:
             if not rows_per_structure or rows_per_structure < 1:
                 raise ValueError("layout 'rows' needs rows_per_structure >= 1")
             if int(n.min()) < rows_per_structure:
-                raise ValueError(f"{self.path}: a structure has only {int(n.min())} Hessian rows < {rows_per_structure}")
+                raise ValueError(f"{self.path}: a structure has only {int(n.min())} "
+                                 f"Hessian rows < {rows_per_structure}")
         sizes = {"full": n * n, "upper": n * (n + 1) // 2, "rows": (rows_per_structure or 0) * n}[layout]
         hoff = np.concatenate([[0], np.cumsum(sizes)])
         # built under a temporary name and moved into place when complete: a run killed while allocating
@@ -289,7 +297,8 @@ class HessianStore:
         """Write one structure's teacher labels, flush, then set its completion mark and flush again.
 
         hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
-        asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher; default: of ``hessian``.
+        asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher;
+        default: of ``hessian``.
         node_features: (N, F) teacher node features, for a group made with ``create_features``.
         """
         g = self.teacher_group(teacher)
@@ -373,7 +382,7 @@ class HessianStore:
             raise StoreError(f"{self.path}: teacher {teacher!r} has labels for {int(done.sum())}/{len(done)} "
                              f"structures{hint}")
 
-    def copy_teacher_labels(self, source: "HessianStore", teacher: str, indices: np.ndarray) -> None:
+    def copy_teacher_labels(self, source: HessianStore, teacher: str, indices: np.ndarray) -> None:
         """Copy ``teacher``'s labels of structures ``indices`` from ``source`` (a store of the same structures, e.g.
         a finished shard) verbatim: the group is created like the source's if missing, data first and completion
         marks last, so a killed copy can be rerun."""

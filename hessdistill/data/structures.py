@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from hessdistill.data.keys import StructureData
 
 
@@ -47,7 +48,7 @@ class Structure:
     def n_atoms(self) -> int:
         return int(self.z.shape[0])
 
-    def validate(self, require_labels: bool = True) -> "Structure":
+    def validate(self, require_labels: bool = True) -> Structure:
         """Raise InvalidStructureError naming ``source`` if shapes, values or labels are wrong."""
         n = self.n_atoms
         where = self.source
@@ -74,7 +75,8 @@ class Structure:
         return self
 
     @classmethod
-    def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0, length_unit: float = 1.0) -> "Structure":
+    def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0,
+                   length_unit: float = 1.0) -> Structure:
         """Build from ASE Atoms; labels taken from an attached calculator's results or ``atoms.info``/``arrays``.
 
         energy_unit / length_unit: factors converting the file's units to eV and Å.
@@ -93,7 +95,8 @@ class Structure:
             energy *= energy_unit
         if forces is not None:
             forces = forces * energy_unit / length_unit
-        info = {k: v for k, v in atoms.info.items() if k != "energy" and isinstance(v, (str, int, float, np.integer, np.floating))}
+        info = {k: v for k, v in atoms.info.items()
+                if k != "energy" and isinstance(v, (str, int, float, np.integer, np.floating))}
         return cls(
             z=atoms.numbers,
             positions=atoms.positions * length_unit,

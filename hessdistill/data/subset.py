@@ -31,7 +31,7 @@ def build_store(subset: DictConfig) -> Path:
     wanted = json.dumps(_selection(subset), sort_keys=True)
     if path.exists():
         with HessianStore(path) as store:
-            recorded = store.file.attrs.get("subset_select")
+            recorded = store.attributes.get("subset_select")
         if recorded is not None and recorded != wanted:
             raise StoreError(f"{path} was built with selection {recorded}, the subset config now asks for {wanted}; "
                              f"delete the store or set subset.store to a new file")

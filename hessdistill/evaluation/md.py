@@ -78,7 +78,8 @@ def nvt_stability(atoms, model, equilibrium: np.ndarray | None = None, bonds: np
 
 def energy_drift(times_ps: np.ndarray, energy_per_atom: np.ndarray) -> float:
     """Slope of the least-squares line through total energy per atom vs time: eV/atom/ps."""
-    return float(np.polyfit(np.asarray(times_ps, dtype=np.float64), np.asarray(energy_per_atom, dtype=np.float64), 1)[0])
+    return float(np.polyfit(np.asarray(times_ps, dtype=np.float64),
+                            np.asarray(energy_per_atom, dtype=np.float64), 1)[0])
 
 
 def nve_drift(atoms, model, steps: int = 1000, temperature_K: float = 300.0, timestep_fs: float = 1.0,
@@ -99,7 +100,8 @@ def nve_drift(atoms, model, steps: int = 1000, temperature_K: float = 300.0, tim
 
 
 def md_report(structures, models: dict, training: list, steps: int, nve_steps: int, temperature_K: float = 300.0,
-              timestep_fs: float = 1.0, friction_per_fs: float = 0.01, max_deviation: float = 0.5, seed: int = 0) -> dict:
+              timestep_fs: float = 1.0, friction_per_fs: float = 0.01, max_deviation: float = 0.5,
+              seed: int = 0) -> dict:
     """NVT stability and NVE drift of every model (name → model) from each of ``structures`` (ASE Atoms)."""
     out = {name: {"nvt": [], "nve": []} for name in models}
     for k, atoms in enumerate(tqdm(structures, desc="MD (NVT, NVE)", unit="structure")):

@@ -25,7 +25,7 @@ it gets the float32 step (error ~1 % for ANI, 2e-5 for MACE in float64); pass de
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -54,7 +54,7 @@ class MemoryBudget:
     def bytes(self, device: torch.device) -> float:
         return self.gib * 2**30 if self.gib is not None else self.fraction * free_memory(device)
 
-    def halved(self) -> "MemoryBudget":
+    def halved(self) -> MemoryBudget:
         """The budget after an out-of-memory error: half of it."""
         if self.gib is not None:
             return MemoryBudget(gib=self.gib / 2, fraction=self.fraction)
@@ -73,7 +73,7 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
         self._storages: dict[int, int] = {}
         super().__init__(self._pack, lambda tensor: tensor)
 
-    def __enter__(self) -> "SavedTensorBytes":
+    def __enter__(self) -> SavedTensorBytes:
         super().__enter__()
         return self
 

@@ -53,7 +53,8 @@ def rows_generator(structure: int, seed: int, epoch: int | None = None) -> torch
     return torch.Generator().manual_seed(mixed_seed(seed, epoch, structure))
 
 
-def sample_rows(available: Tensor, s: int, generator: torch.Generator | None = None, where: str = "structure") -> Tensor:
+def sample_rows(available: Tensor, s: int, generator: torch.Generator | None = None,
+                where: str = "structure") -> Tensor:
     """The one row sampler: s distinct rows drawn uniformly from ``available`` (1-D row indices: all 3N of a
     structure, or the k a row-subset store holds). Returns (s,) int64. ``where`` names the structure in errors."""
     if s < 1:

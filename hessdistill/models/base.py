@@ -33,7 +33,7 @@ class Representation(Protocol):
     edge_channels: int
     embedding: nn.Module
 
-    def __call__(self, z: Tensor, vectors: Tensor, edge_index: Tensor, *graph: Tensor) -> "AtomFeatures": ...
+    def __call__(self, z: Tensor, vectors: Tensor, edge_index: Tensor, *graph: Tensor) -> AtomFeatures: ...
 
 
 class AtomFeatures(NamedTuple):
@@ -128,7 +128,8 @@ class ForceField(nn.Module):
             deform = (eye + strain)[batch.batch[batch.edge_index[1]]]
         atom_energy, forces, features = self.atom_outputs(batch.z, pos, batch.edge_index, batch.edge_shift.to(pos),
                                                           deform)
-        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype, device=pos.device).index_add(0, batch.batch, atom_energy)
+        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype,
+                             device=pos.device).index_add(0, batch.batch, atom_energy)
         if forces is None:
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
             forces = -grad

@@ -177,7 +177,8 @@ class ESCNRepresentation(nn.Module):
 
 
 def ESCN(channels: int = 64, hidden_channels: int = 50, num_layers: int = 4, num_radial: int = 8,
-         cutoff: float = 5.0, envelope_exponent: int = 5, avg_num_neighbors: float = 20.0, max_neighbors: int | None = None,
+         cutoff: float = 5.0, envelope_exponent: int = 5, avg_num_neighbors: float = 20.0,
+         max_neighbors: int | None = None,
          force_mode: str = "direct") -> ForceField:
     """An eSCN-style student with the shared heads (direct: the gated head on its l = 1 channels; or −∇U)."""
     rep = ESCNRepresentation(channels, hidden_channels, num_layers, num_radial, cutoff, envelope_exponent,

@@ -65,7 +65,8 @@ class SphericalBasis(nn.Module):
         norm = np.sqrt(2 / cutoff**3) / np.abs(np.stack([spherical_jn(l + 1, zeros[l]) for l in range(num_spherical)]))
         self.register_buffer("zeros", torch.as_tensor(zeros))
         self.register_buffer("norm", torch.as_tensor(norm))
-        self.register_buffer("sph_norm", torch.sqrt((2 * torch.arange(num_spherical, dtype=torch.float64) + 1) / (4 * math.pi)))
+        self.register_buffer("sph_norm",
+                             torch.sqrt((2 * torch.arange(num_spherical, dtype=torch.float64) + 1) / (4 * math.pi)))
 
     def radial(self, d: Tensor) -> Tensor:
         x = (d.double() / self.cutoff)[:, None, None]  # (E, 1, 1); float64 for the upward recursion
@@ -115,7 +116,8 @@ def triplets(edge_index: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
     start = torch.cumsum(incoming, 0) - incoming
     per_out = incoming[src]  # outgoing edge ji (src j) pairs with every edge ending at j
     out_edge = torch.repeat_interleave(torch.arange(src.shape[0], device=src.device), per_out)
-    offset = torch.arange(out_edge.shape[0], device=src.device) - torch.repeat_interleave(torch.cumsum(per_out, 0) - per_out, per_out)
+    offset = (torch.arange(out_edge.shape[0], device=src.device)
+              - torch.repeat_interleave(torch.cumsum(per_out, 0) - per_out, per_out))
     in_edge = by_dst[start[src[out_edge]] + offset]
     keep = (vectors.detach()[in_edge] + vectors.detach()[out_edge]).norm(dim=-1) > 1e-4  # drop k = i
     return in_edge[keep], out_edge[keep]
@@ -274,14 +276,16 @@ class GemNetRepresentation(nn.Module):
         self.embedding = nn.Embedding(119, emb_size_atom)
         self.edge_embedding = Dense(2 * emb_size_atom + num_radial, emb_size_edge)
         self.rbf3 = Dense(num_radial, emb_size_rbf, activation=False)
-        self.cbf3 = nn.Parameter(torch.randn(num_spherical, num_radial, emb_size_cbf) / math.sqrt(num_spherical * num_radial))
+        self.cbf3 = nn.Parameter(torch.randn(num_spherical, num_radial, emb_size_cbf)
+                                 / math.sqrt(num_spherical * num_radial))
         self.blocks = nn.ModuleList([InteractionBlock(emb_size_atom, emb_size_edge, emb_size_trip, emb_size_rbf,
                                                       emb_size_cbf, emb_size_bil_trip, num_radial, num_before_skip,
                                                       num_after_skip, num_atom_layers) for _ in range(num_blocks)])
         self.outputs = nn.ModuleList([OutputBlock(emb_size_atom, emb_size_edge, num_radial, num_output_layers)
                                       for _ in range(num_blocks + 1)])
 
-    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor, graph: TripletGraph | None = None) -> AtomFeatures:
+    def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor,
+                graph: TripletGraph | None = None) -> AtomFeatures:
         """graph: the triplets of these edges (``triplet_graph``), computed here when None; an exported program
         takes them as inputs (``extra_graph``), so it contains no data-dependent index arithmetic."""
         src, dst = edge_index

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+
 def mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_out))
 
@@ -42,7 +43,8 @@ class ProjectedEmbedding(nn.Module):
         full = torch.zeros(119, table.shape[1], dtype=table.dtype)
         full[torch.as_tensor(z, dtype=torch.long)] = torch.as_tensor(table)
         self.register_buffer("teacher_table", full)
-        self.register_buffer("known", torch.zeros(119, dtype=torch.bool).index_fill(0, torch.as_tensor(z, dtype=torch.long), True))
+        self.register_buffer(
+            "known", torch.zeros(119, dtype=torch.bool).index_fill(0, torch.as_tensor(z, dtype=torch.long), True))
         self.projection = nn.Linear(table.shape[1], n_out, bias=False)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -50,7 +50,8 @@ class MACERepresentation(nn.Module):
     def forward(self, z: Tensor, vectors: Tensor, edge_index: Tensor) -> AtomFeatures:
         index = self.element_index[z]
         if bool((index < 0).any()):
-            raise ValueError(f"MACE student has no embedding for atomic number(s) {sorted(set(z[index < 0].tolist()))}; "
+            raise ValueError(f"MACE student has no embedding for atomic number(s) "
+                             f"{sorted(set(z[index < 0].tolist()))}; "
                              f"list them in student.atomic_numbers")
         n, f = z.shape[0], self.hidden_channels
         data = {"positions": vectors.new_zeros(n, 3),
@@ -65,7 +66,8 @@ class MACERepresentation(nn.Module):
 
 def MACEStudent(atomic_numbers=SPICE_ELEMENTS, hidden_channels: int = 32, max_ell: int = 2,
                 num_interactions: int = 2, correlation: int = 3, num_bessel: int = 8, cutoff: float = 5.0,
-                avg_num_neighbors: float = 10.0, radial_mlp: tuple[int, ...] = (32, 32), max_neighbors: int | None = None,
+                avg_num_neighbors: float = 10.0, radial_mlp: tuple[int, ...] = (32, 32),
+                max_neighbors: int | None = None,
                 force_mode: str = "conservative") -> ForceField:
     """A small MACE student (conservative −∇U by default, or the gated direct-force head on its l = 1 features)."""
     rep = MACERepresentation(atomic_numbers, hidden_channels, max_ell, num_interactions, correlation, num_bessel,

@@ -43,7 +43,8 @@ class PaiNNRepresentation(nn.Module):
 
     vector_features = True
 
-    def __init__(self, hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 128, cutoff: float = 12.0) -> None:
+    def __init__(self, hidden_channels: int = 128, num_layers: int = 4, num_rbf: int = 128,
+                 cutoff: float = 12.0) -> None:
         super().__init__()
         self.hidden_channels = hidden_channels
         self.num_rbf = num_rbf

@@ -45,4 +45,5 @@ class RadialBasis(nn.Module):
     def forward(self, d: Tensor) -> Tensor:
         x = (d / self.cutoff)[:, None]
         n = self.n.to(d.dtype)
-        return math.sqrt(2 / self.cutoff) * torch.sin(n * math.pi * x) / d[:, None] * polynomial_envelope(x, self.exponent)
+        return (math.sqrt(2 / self.cutoff) * torch.sin(n * math.pi * x) / d[:, None]
+                * polynomial_envelope(x, self.exponent))

@@ -35,7 +35,8 @@ class SchNetInteraction(nn.Module):
         """s (N, F), rbf (E, n_rbf), fcut (E,) → updated s (N, F) and the messages (E, n_filters)."""
         src, dst = edge_index
         messages = self.in_to_filter(s)[src] * self.filter(rbf) * fcut[:, None]
-        aggregated = torch.zeros(s.shape[0], messages.shape[1], dtype=s.dtype, device=s.device).index_add(0, dst, messages)
+        aggregated = torch.zeros(s.shape[0], messages.shape[1], dtype=s.dtype,
+                                 device=s.device).index_add(0, dst, messages)
         return s + self.out(aggregated), messages
 
 

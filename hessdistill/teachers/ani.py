@@ -33,7 +33,8 @@ def _resolve_info(model: str, info_file: str | None) -> Path:
 
 
 class ANITeacher(AutogradTeacher):
-    """An ANI ensemble. model: ani1x, ani1ccx or ani2x; info_file: NeuroChem .info (None: bundled); name: store label."""
+    """An ANI ensemble. model: ani1x, ani1ccx or ani2x; info_file: NeuroChem .info (None: bundled);
+    name: store label."""
 
     def __init__(self, model: str = "ani1x", info_file: str | None = None, ensemble_size: int | None = None,
                  dtype: str = "float64", name: str | None = None) -> None:

@@ -78,7 +78,7 @@ class Teacher(torch.nn.Module, abc.ABC):
     def hessian_rows(self, batch, rows: Tensor, strategy: RowStrategy = "auto") -> TeacherOutput:
         """Energies, forces and the Hessian rows ``rows`` (B, k) of each structure, as lanes (k, Ntot, 3)."""
 
-    def freeze(self) -> "Teacher":
+    def freeze(self) -> Teacher:
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)

@@ -19,8 +19,12 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from hessdistill.hessian.finite_difference import (default_delta, displaced_positions, hessian_from_displaced_forces,
-                                                   jacobian_columns)
+from hessdistill.hessian.finite_difference import (
+    default_delta,
+    displaced_positions,
+    hessian_from_displaced_forces,
+    jacobian_columns,
+)
 from hessdistill.teachers.base import Teacher, TeacherOutput
 
 ALL_ELEMENTS = frozenset(range(1, 119))
@@ -52,7 +56,7 @@ class FiniteDifferenceTeacher(Teacher):
 
     @classmethod
     def from_teacher(cls, teacher, delta: float | None = None, max_batch: int = 256, name: str | None = None,
-                     level_of_theory: str | None = None) -> "FiniteDifferenceTeacher":
+                     level_of_theory: str | None = None) -> FiniteDifferenceTeacher:
         """Wrap a model with ``energy_forces(batch)``, ``elements`` and ``dtype`` (a hessdistill teacher).
 
         Displaced copies are evaluated in batches of ``max_batch`` structures; delta None: by ``teacher.dtype``.
@@ -104,7 +108,8 @@ class FiniteDifferenceTeacher(Teacher):
         per structure instead of 6N (row-subset storage and online mode)."""
         energy, forces = self.energy_forces(batch)
         ptr = batch.ptr.tolist()
-        displaced = [displaced_positions(batch.pos[a:b], self.delta, rows[g]) for g, (a, b) in enumerate(zip(ptr, ptr[1:]))]
+        displaced = [displaced_positions(batch.pos[a:b], self.delta, rows[g])
+                     for g, (a, b) in enumerate(zip(ptr, ptr[1:]))]
         lanes = [-jacobian_columns(f, self.delta).view(rows.shape[1], -1, 3)
                  for f in self._displaced_forces(batch, displaced)]
         return TeacherOutput(energy, forces, rows=torch.cat(lanes, dim=1).to(self.dtype))

@@ -8,8 +8,8 @@ Layout (SPICE 1.x/2.x): per molecule group ``atomic_numbers`` (N,), ``conformati
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from ase.units import Bohr, Hartree

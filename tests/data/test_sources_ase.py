@@ -8,9 +8,8 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.units import kcal, mol
 
-from hessdistill.data.sources.ase_files import read_ase
-
 from conftest import shared_file
+from hessdistill.data.sources.ase_files import read_ase
 
 
 def test_ase_db_round_trip(tmp_path, rng):

@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import distill_terms, label_with, rattled
-from hessdistill.data.labels import StoredLabels
 from hessdistill import losses
 from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.models.heads import ProjectedEmbedding
 from hessdistill.precompute.run import precompute_teacher
@@ -43,8 +43,7 @@ def test_projected_embedding_is_a_learned_map_of_the_frozen_teacher_table():
 @pytest.fixture(scope="module")
 def mace_feature_store(tmp_path_factory, ani_teacher):
     """12 molecules labelled by ANI-1x, with a tiny MACE teacher's Hessians, node features and element embeddings."""
-    from test_teachers import tiny_mace
-
+    from conftest import tiny_mace
     from hessdistill.teachers.mace import MACETeacher
 
     path = tmp_path_factory.mktemp("baselines") / "mace.h5"

@@ -11,10 +11,9 @@ import time
 import numpy as np
 import pytest
 
+from conftest import label_with, rattled
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.precompute.run import precompute_teacher
-
-from conftest import label_with, rattled
 
 CHILD = """
 import sys, torch

@@ -109,7 +109,8 @@ def test_wandb_logger_runs_offline_beside_csv(labelled_store, tmp_path, monkeypa
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["experiment=demo", "logger=wandb", f"subset.store={labelled_store}",
                                           "trainer.max_epochs=1", "subset.batch_size=8",
-                                          f"logger.0.save_dir={tmp_path / 'run'}", f"logger.1.save_dir={tmp_path / 'run'}",
+                                          f"logger.0.save_dir={tmp_path / 'run'}",
+                                          f"logger.1.save_dir={tmp_path / 'run'}",
                                           "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8",
                                           "student.cutoff=4.0"])
     assert cfg.logger[1].offline is True

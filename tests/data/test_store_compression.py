@@ -9,9 +9,8 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import label_with, rattled
-from test_shards import precompute_cfg
 
+from conftest import label_with, precompute_config, rattled
 from hessdistill.cli.precompute import run
 from hessdistill.data import store_compression
 from hessdistill.data.store import HessianStore, StoreError, write_structures
@@ -112,8 +111,8 @@ def test_precompute_cli_compresses_the_finished_store(tmp_path, ani_teacher):
     write_structures(store, label_with(ani_teacher, [rattled(n, seed=k) for k, n in enumerate(MOLECULES)]))
     plain = tmp_path / "plain.h5"
     shutil.copy(store, plain)
-    run(precompute_cfg(plain))
-    result = run(precompute_cfg(store, "storage.compression=gzip"))
+    run(precompute_config(plain))
+    result = run(precompute_config(store, "storage.compression=gzip"))
     assert result["computed"] == len(MOLECULES) and "bytes_after" in result  # (a 6-molecule file: chunk overhead)
     with h5py.File(store) as f:
         assert f["teachers/ani1x/hessian"].compression == "gzip"
@@ -122,8 +121,8 @@ def test_precompute_cli_compresses_the_finished_store(tmp_path, ani_teacher):
     sharded = tmp_path / "sharded.h5"
     write_structures(sharded, label_with(ani_teacher, [rattled(n, seed=k) for k, n in enumerate(MOLECULES)]))
     for i in range(2):
-        assert "bytes_after" not in run(precompute_cfg(sharded, f"shard={i}/2", "storage.compression=lzf"))
-    run(precompute_cfg(sharded, "merge_shards=2", "storage.compression=lzf"))
+        assert "bytes_after" not in run(precompute_config(sharded, f"shard={i}/2", "storage.compression=lzf"))
+    run(precompute_config(sharded, "merge_shards=2", "storage.compression=lzf"))
     with h5py.File(sharded) as f:
         assert f["teachers/ani1x/hessian"].compression == "lzf"
     assert_same_labels(plain, sharded)

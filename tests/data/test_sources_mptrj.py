@@ -51,7 +51,8 @@ def test_malformed_frames_name_file_and_frame(tmp_path, rng):
     si = bulk("Si", "diamond", a=5.43)
     good = frame(si, -10.8, rng.normal(size=(2, 3)), -10.9)
     for mutate, message in [(lambda f: f["structure"].pop("lattice"), "malformed 'structure'"),
-                            (lambda f: f["structure"]["sites"][0]["species"][0].update(element="Xx"), "unknown element"),
+                            (lambda f: f["structure"]["sites"][0]["species"][0].update(element="Xx"),
+                             "unknown element"),
                             (lambda f: f.update(force=[[0.0, 0.0, 0.0]]), "forces have shape"),
                             (lambda f: f.pop("uncorrected_total_energy"), "missing reference energy")]:
         bad = json.loads(json.dumps(good))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_batch, rattled, shared_file
+from conftest import make_batch, rattled, shared_file, tiny_mace
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.teachers.base import UnsupportedElementError
 
@@ -148,22 +148,6 @@ def test_precompute_is_resumable_and_matches_teacher(tmp_path, ani_teacher):
 
 
 # ---- MACE --------------------------------------------------------------------------------------------------
-def tiny_mace(seed: int = 0):
-    import mace  # noqa: F401  (must be imported before e3nn)
-    from e3nn import o3
-    from mace import modules
-
-    torch.manual_seed(seed)
-    block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
-    return modules.ScaleShiftMACE(
-        atomic_inter_scale=1.0, atomic_inter_shift=0.0,
-        r_max=4.0, num_bessel=4, num_polynomial_cutoff=5, max_ell=2, interaction_cls=block,
-        interaction_cls_first=block, num_interactions=2, num_elements=4, hidden_irreps=o3.Irreps("8x0e+8x1o"),
-        MLP_irreps=o3.Irreps("8x0e"), atomic_energies=np.zeros(4), avg_num_neighbors=3.0,
-        atomic_numbers=[1, 6, 7, 8], correlation=2, gate=torch.nn.functional.silu,
-    )
-
-
 def test_tiny_mace_teacher_hessian_matches_finite_differences():
     pytest.importorskip("mace")
     from hessdistill.teachers.mace import MACETeacher
@@ -182,6 +166,7 @@ def test_cuequivariance_models_are_converted_to_e3nn(monkeypatch):
     """cuEquivariance kernels break under autograd + vmap: such a model is swapped for mace-torch's e3nn copy."""
     pytest.importorskip("mace")
     import mace.cli.convert_cueq_e3nn as convert
+
     from hessdistill.teachers import mace as mace_teacher
 
     plain = tiny_mace()

@@ -137,8 +137,8 @@ def test_missing_forces_error_names_source():
 
 
 def test_read_ase_without_forces_names_file_and_frame(tmp_path):
-    from ase.calculators.singlepoint import SinglePointCalculator
     import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
 
     path = tmp_path / "frames.extxyz"
     frames = []
@@ -193,7 +193,8 @@ def test_hessian_shape_mismatch_names_file_and_index(store_path, rng):
     store = HessianStore(path, mode="a")
     store.create_teacher("t", {})
     n = store.n_atoms(1)
-    with pytest.raises(StoreError, match=re.escape(f"{path}[1]") + f".*expected \\({n}, 3\\) and \\({3 * n}, {3 * n}\\)"):
+    with pytest.raises(StoreError,
+                       match=re.escape(f"{path}[1]") + f".*expected \\({n}, 3\\) and \\({3 * n}, {3 * n}\\)"):
         store.write_teacher("t", 1, 0.0, np.zeros((n, 3)), np.zeros((3 * n - 3, 3 * n - 3)))
     with pytest.raises(StoreError, match=re.escape(f"{path}[1]") + ".*NaN"):
         store.write_teacher("t", 1, float("nan"), np.zeros((n, 3)), np.zeros((3 * n, 3 * n)))

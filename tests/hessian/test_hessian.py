@@ -10,8 +10,14 @@ from conftest import make_batch, rattled, teacher_lane_rows, tiny_painn
 from hessdistill import losses
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.hessian.full import batched_hessians
-from hessdistill.hessian.rows import (force_jacobian_rows, resolve_strategy, row_lanes, rows_generator,
-                                     sample_batch_rows, sample_rows)
+from hessdistill.hessian.rows import (
+    force_jacobian_rows,
+    resolve_strategy,
+    row_lanes,
+    rows_generator,
+    sample_batch_rows,
+    sample_rows,
+)
 
 FORCE_MODES = ["direct", "conservative"]
 
@@ -299,7 +305,8 @@ def test_kd_loss_parameter_gradients_loop_vs_vmap(force_mode):
     batch = make_batch(two_molecules())
     model.ensure_graph(batch)
     rows = sample_batch_rows(batch.natoms, 3, torch.Generator().manual_seed(5))
-    teacher_rows = torch.randn(3, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    teacher_rows = torch.randn(3, batch.pos.shape[0], 3, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(1))
     grads = {}
     for strategy in ("loop", "vmap"):
         model.zero_grad()

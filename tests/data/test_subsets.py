@@ -167,7 +167,8 @@ def test_datamodule_group_split_and_split_file_reuse(tmp_path):
 # ---- building a subset store from its config --------------------------------------------------------------------
 def subset_config(tmp_path, extxyz, select):
     return OmegaConf.create({"name": "t", "store": str(tmp_path / "t.h5"), "select": select,
-                             "source": {"_target_": "hessdistill.data.sources.ase_files.read_ase", "path": str(extxyz)}})
+                             "source": {"_target_": "hessdistill.data.sources.ase_files.read_ase",
+                                        "path": str(extxyz)}})
 
 
 def test_build_store_applies_selectors_records_them_and_refuses_a_stale_store(tmp_path):
@@ -231,9 +232,10 @@ def test_paper_experiments_compose_with_the_papers_values(name):
 
 def test_scl_organics_precomputes_with_ani2x_in_one_command(tmp_path):
     """``hessdistill-precompute teacher=ani2x subset=scl_organics`` on the committed frames (first 16 here)."""
+    from pathlib import Path
+
     from hessdistill.cli.config_path import CONFIG_DIR as conf
     from hessdistill.cli.precompute import run
-    from pathlib import Path
 
     info = shared_file("teachers/torchani_resources/ani-2x_8x.info")
     data = Path(conf).parent / "data" / "scl_organics" / "scl_wb97x_631gd.extxyz"
@@ -254,8 +256,9 @@ def test_scl_organics_precomputes_with_ani2x_in_one_command(tmp_path):
 
 
 def test_scl_organics_data_file_matches_its_recipe():
-    from hessdistill.cli.config_path import CONFIG_DIR as conf
     from pathlib import Path
+
+    from hessdistill.cli.config_path import CONFIG_DIR as conf
 
     frames = ase.io.read(Path(conf).parent / "data" / "scl_organics" / "scl_wb97x_631gd.extxyz", ":")
     allowed = {"CH3SH", "CH3CH2SH", "CH3SCH3", "C4H4S", "C2H6SO", "CH2SCH2", "CH3Cl", "H2CCl2", "HCCl3",

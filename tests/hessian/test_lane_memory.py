@@ -12,12 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WrappedTeacher, label_with, make_batch, rattled
 
+from conftest import WrappedTeacher, label_with, make_batch, rattled
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.hessian.full import batched_hessians
-from hessdistill.hessian.memory import (LANE_BYTES_FACTOR, LaneChunker, LanesOutOfMemoryError, MemoryBudget,
-                                        SavedTensorBytes, free_memory)
+from hessdistill.hessian.memory import (
+    LANE_BYTES_FACTOR,
+    LaneChunker,
+    LanesOutOfMemoryError,
+    MemoryBudget,
+    SavedTensorBytes,
+    free_memory,
+)
 from hessdistill.precompute.run import precompute_teacher
 
 MOLECULES = ("CH3CH2OH", "C6H6", "CH4", "CH3COOH")
@@ -135,7 +141,7 @@ def test_estimate_bounds_the_measured_memory_of_the_lanes():
     36 rows) grow the peak by less than the estimate, and by more than a tenth of it (the estimate is not vacuous;
     measured here: 0.2–0.3 of it for ANI-1x)."""
     lanes = 36
-    script = MEASURE.format(tests=str(Path(__file__).parent), molecules=list(MOLECULES), lanes=lanes)
+    script = MEASURE.format(tests=str(Path(__file__).parents[1]), molecules=list(MOLECULES), lanes=lanes)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     estimate = LANE_BYTES_FACTOR * measured["saved"] * lanes

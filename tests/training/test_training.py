@@ -80,7 +80,8 @@ def test_training_step_includes_every_weighted_term(labelled_store):
                          split=(1.0, 0.0, 0.0), cutoff=4.0)
     batch = next(iter(dm.train_dataloader()))
     weights = {"energy": 2.0, "forces": 3.0, "hessian": 5.0, "energy_grad": 7.0}
-    terms = {**distill_terms("hessian", **weights), "force_kd": {**distill_terms("force_kd")["force_kd"], "weight": 11.0}}
+    terms = {**distill_terms("hessian", **weights),
+             "force_kd": {**distill_terms("force_kd")["force_kd"], "weight": 11.0}}
     module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, terms)
     module.prepare(dm)
     logged = {}
@@ -230,10 +231,11 @@ def test_distill_overrides_compose(distill):
 
 
 def test_cli_refuses_kd_without_teacher_labels(tmp_path):
+    import numpy as np
+
     from conftest import rattled
     from hessdistill.cli.train import run
     from hessdistill.data.structures import Structure
-    import numpy as np
 
     unlabelled = tmp_path / "plain.h5"
     s = Structure.from_atoms(rattled("H2O"))
@@ -296,5 +298,6 @@ def test_resume_from_checkpoint_reproduces_the_metric_curve(labelled_store, tmp_
         assert resumed["test"][key] == pytest.approx(value, rel=1e-5), key
     assert a[3] != a[2]  # the curve moves, so equality is not trivial
     info = json.loads((tmp_path / "a" / "run_info.json").read_text())
-    assert info["packages"]["torch"] == torch.__version__.split("+")[0] or info["packages"]["torch"] == torch.__version__
+    assert (info["packages"]["torch"] == torch.__version__.split("+")[0]
+            or info["packages"]["torch"] == torch.__version__)
     assert "git_commit" in info and "argv" in info

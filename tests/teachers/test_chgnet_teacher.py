@@ -7,10 +7,9 @@ import pytest
 import torch
 from ase.build import bulk
 
+from conftest import distill_terms, make_batch, shared_file
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.hessian.rows import VMAP_FALLBACKS
-
-from conftest import distill_terms, make_batch, shared_file
 
 pytest.importorskip("chgnet")
 
@@ -68,7 +67,8 @@ def test_gesbte_hessian_rows_match_finite_differences(chgnet):
     for k, j in enumerate(rows[0].tolist()):
         step = torch.zeros_like(pos).view(-1)
         step[j] = 1e-3
-        col = -(forces_at(chgnet, atoms, pos + step.view_as(pos)) - forces_at(chgnet, atoms, pos - step.view_as(pos))) / 2e-3
+        col = -(forces_at(chgnet, atoms, pos + step.view_as(pos))
+                - forces_at(chgnet, atoms, pos - step.view_as(pos))) / 2e-3
         row = lanes[k].double().reshape(-1)
         # float32 CHGNet on 81 atoms: FD is only good to ~1.5 % at its best step (measured relative errors of these
         # rows: δ 1e-4: 18–25 % round-off, 3e-4: 4–6 %, 1e-3: 1.3–1.8 %, 3e-3: 1.2–3.8 %); a wrong row is O(1)

@@ -19,7 +19,8 @@ def test_dft_forces_are_minus_energy_gradient():
         plus, minus = atoms.copy(), atoms.copy()
         plus.positions[atom, axis] += delta
         minus.positions[atom, axis] -= delta
-        fd = -(dft_energy_forces(plus, "lda,vwn", "sto-3g")[0] - dft_energy_forces(minus, "lda,vwn", "sto-3g")[0]) / (2 * delta)
+        fd = -(dft_energy_forces(plus, "lda,vwn", "sto-3g")[0]
+               - dft_energy_forces(minus, "lda,vwn", "sto-3g")[0]) / (2 * delta)
         assert forces[atom, axis] == pytest.approx(fd, abs=2e-3)
     assert energy < -2000  # eV: water's total energy is about −75 Ha
 
@@ -74,6 +75,7 @@ def test_xtb_forces_are_minus_energy_gradient():
 def test_label_cli_given_structures_with_xtb_resumes_and_writes_a_store(tmp_path):
     pytest.importorskip("tblite")
     import ase.io
+
     from hessdistill.cli.label import main
     from hessdistill.data.store import HessianStore
     from hessdistill.labelling.xtb import xtb_energy_forces

@@ -9,10 +9,9 @@ import torch
 from ase.build import bulk
 
 from conftest import make_batch, rattled, write_labelled_store
-from hessdistill.integrations.ase_calculator import TorchCalculator
-from hessdistill.teachers.base import UnsupportedElementError
 from hessdistill.hessian.finite_difference import default_delta
-from hessdistill.teachers.base import AutogradTeacher, Teacher
+from hessdistill.integrations.ase_calculator import TorchCalculator
+from hessdistill.teachers.base import AutogradTeacher, Teacher, UnsupportedElementError
 from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
 
 MOLECULES = ("H2O", "NH3")
@@ -32,8 +31,7 @@ def relative_error(fd_teacher, reference, atoms_list) -> float:
 @pytest.fixture(scope="module")
 def mace64():
     pytest.importorskip("mace")
-    from test_teachers import tiny_mace
-
+    from conftest import tiny_mace
     from hessdistill.teachers.mace import MACETeacher
 
     return MACETeacher(tiny_mace(), name="tiny")
@@ -42,8 +40,7 @@ def mace64():
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_default_delta_sits_near_the_error_minimum_for_smooth_mace(dtype):
     pytest.importorskip("mace")
-    from test_teachers import tiny_mace
-
+    from conftest import tiny_mace
     from hessdistill.teachers.mace import MACETeacher
 
     teacher = MACETeacher(tiny_mace(), name="tiny", dtype=dtype)
@@ -173,12 +170,11 @@ def test_hydra_configs_compose_and_instantiate():
 
 def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
     """The store's asymmetry diagnostic holds the FD teacher's raw asymmetry, not that of its symmetrised output."""
-    from hessdistill.integrations.ase_calculator import TorchCalculator
+    from conftest import label_with, rattled
     from hessdistill.data.store import HessianStore, write_structures
+    from hessdistill.integrations.ase_calculator import TorchCalculator
     from hessdistill.precompute.run import precompute_teacher
     from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
-
-    from conftest import label_with, rattled
 
     path = tmp_path / "fd.h5"
     write_structures(path, label_with(ani_teacher, [rattled("NH3", seed=1), rattled("H2O", seed=2)]))
@@ -201,18 +197,16 @@ def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
 @pytest.mark.parametrize("batched", [False, True])
 def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_path, ani_teacher, batched):
     """k rows cost 2k force calls and equal the rows of the full FD Hessian (same step, symmetric teacher)."""
+    from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
     from hessdistill.precompute.run import precompute_teacher
-
-    from conftest import label_with
 
     fd = (FiniteDifferenceTeacher.from_teacher(ani_teacher, delta=1e-5) if batched else
           FiniteDifferenceTeacher(TorchCalculator(ani_teacher), elements=[1, 6, 7, 8], delta=1e-5))
     atoms = [rattled("NH3", seed=1), rattled("CH3OH", seed=2)]
     batch = make_batch(atoms)
     rows = torch.tensor([[0, 5, 11], [2, 7, 17]])
-    out = fd.hessian_rows(batch, rows)
-    energy, forces, lanes = out.energy, out.forces, out.rows
+    lanes = fd.hessian_rows(batch, rows).rows
     full = fd.hessians(batch).hessians
     for g, (a, b) in enumerate(zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist())):
         got = lanes[:, a:b].reshape(3, -1)

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import label_with, make_batch, rattled
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.precompute.run import precompute_teacher
-
-from conftest import label_with, make_batch, rattled
 
 
 @pytest.fixture

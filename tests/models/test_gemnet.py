@@ -14,8 +14,16 @@ from conftest import make_batch, rattled
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.data.graph import radius_graph
 from hessdistill.data.structures import Structure
-from hessdistill.models.gemnet import (GemNet, SphericalBasis, TripletInteraction, reverse_edges,
-                                       spherical_bessel, spherical_bessel_zeros, triplet_slots, triplets)
+from hessdistill.models.gemnet import (
+    GemNet,
+    SphericalBasis,
+    TripletInteraction,
+    reverse_edges,
+    spherical_bessel,
+    spherical_bessel_zeros,
+    triplet_slots,
+    triplets,
+)
 
 
 def test_spherical_bessel_and_zeros_match_scipy():
@@ -120,4 +128,5 @@ def test_gemnet_handles_a_diatomic_without_triplets():
                    emb_size_bil_trip=4, num_spherical=3, num_radial=3, force_mode="conservative").double()
     batch = make_batch([rattled("CO", seed=0)])
     energy, forces = model.energy_forces(batch)
-    assert torch.isfinite(energy).all() and torch.allclose(forces.sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.isfinite(energy).all() and torch.allclose(forces.sum(0), torch.zeros(3, dtype=torch.float64),
+                                                           atol=1e-12)

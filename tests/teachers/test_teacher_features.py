@@ -7,10 +7,9 @@ import pytest
 import torch
 from ase.units import Hartree
 
+from conftest import label_with, make_batch, rattled
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.precompute.run import precompute_teacher
-
-from conftest import label_with, make_batch, rattled
 
 
 def test_ani_node_features_are_the_last_hidden_layer():
@@ -30,8 +29,8 @@ def test_ani_node_features_are_the_last_hidden_layer():
 
 
 def test_mace_features_permute_with_atoms_and_embeddings_are_per_element():
+    from conftest import tiny_mace
     from hessdistill.teachers.mace import MACETeacher
-    from test_teachers import tiny_mace
 
     teacher = MACETeacher(tiny_mace(), name="tiny")
     atoms = rattled("CH3OH", seed=5)
@@ -49,8 +48,8 @@ def test_mace_features_permute_with_atoms_and_embeddings_are_per_element():
 
 
 def test_precompute_stores_features_and_embeddings(tmp_path, ani_teacher):
+    from conftest import tiny_mace
     from hessdistill.teachers.mace import MACETeacher
-    from test_teachers import tiny_mace
 
     path = tmp_path / "f.h5"
     atoms = [rattled(n, seed=k) for k, n in enumerate(["H2O", "NH3", "CH4", "CH3OH"])]
@@ -67,7 +66,8 @@ def test_precompute_stores_features_and_embeddings(tmp_path, ani_teacher):
         np.testing.assert_allclose(group["element_embeddings"][:], emb.numpy(), rtol=1e-6)
         # ANI has separate per-element networks: node features only, and a clear message for a2a
         precompute_teacher(store, ani_teacher, features=True, progress=False)
-        assert store.node_features("ani1x", 0).shape == (3, 96) and "element_embeddings" not in store.teacher_group("ani1x")
+        assert (store.node_features("ani1x", 0).shape == (3, 96)
+                and "element_embeddings" not in store.teacher_group("ani1x"))
         with pytest.raises(NotImplementedError, match="no element embedding table"):
             ani_teacher.element_embeddings()
 

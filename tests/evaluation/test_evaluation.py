@@ -8,16 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from ase.build import bulk, molecule
 from hydra import compose, initialize_config_dir
 
 from conftest import rattled, tiny_painn
-from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.cli.config_path import CONFIG_DIR
 from hessdistill.evaluation import speed
 from hessdistill.evaluation.relax import judge, relax
 from hessdistill.evaluation.vibrations import _TO_WAVENUMBER, harmonic_frequencies, model_hessian
+from hessdistill.integrations.ase_calculator import TorchCalculator
 
 
 def test_harmonic_frequency_of_a_spring_is_sqrt_k_over_mu():
@@ -263,3 +262,26 @@ def test_exported_gemnet_on_a_periodic_cell_where_atoms_meet_their_images(tmp_pa
     diatomic = make_batch([rattled("CO", seed=1)])  # no triplets at all: zero-length index inputs
     torch.testing.assert_close(exported.energy_forces(diatomic.clone())[1], model.energy_forces(diatomic)[1],
                                atol=1e-10, rtol=1e-10)
+
+
+def test_checkpoints_that_name_code_outside_the_package_are_refused(tmp_path):
+    from hessdistill.evaluation.checkpoint import CheckpointError, load_student
+
+    victim = tmp_path / "written-by-checkpoint"
+    hostile = {"_target_": "builtins.open", "file": str(victim), "mode": "w"}
+    nested = {"_target_": "hessdistill.models.painn.PaiNN", "hidden_channels": hostile}
+    for k, student in enumerate([hostile, nested]):
+        path = tmp_path / f"hostile{k}.ckpt"
+        torch.save({"hyper_parameters": {"student": student, "plugins": []}, "state_dict": {}}, path)
+        with pytest.raises(CheckpointError, match=rf"hostile{k}.ckpt: refusing to build 'builtins.open'"):
+            load_student(path)
+    plugin = tmp_path / "plugin.ckpt"
+    torch.save({"hyper_parameters": {"student": {"_target_": "hessdistill.models.painn.PaiNN"}, "plugins": [hostile]},
+                "state_dict": {}}, plugin)
+    with pytest.raises(CheckpointError, match="refusing to build 'builtins.open'"):
+        load_student(plugin)
+    assert not victim.exists()
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="garbage.ckpt: not a hessdistill training checkpoint"):
+        load_student(garbage)

@@ -6,19 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from conftest import label_with, precompute_config, rattled
 from hessdistill.cli.precompute import run
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.precompute.shards import open_shard, parse_shard, shard_indices
-
-from conftest import label_with, rattled
-
-
-def precompute_cfg(store, *overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("precompute", overrides=[f"subset.store={store}", *overrides])
 
 
 @pytest.mark.parametrize("layout", ["full", "rows"])
@@ -28,15 +20,15 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, ani_teacher, layou
     write_structures(sharded, label_with(ani_teacher, atoms))
     shutil.copy(sharded, single)
     storage = [f"storage.layout={layout}"] + (["storage.rows=2"] if layout == "rows" else ["features=true"])
-    run(precompute_cfg(single, *storage))
+    run(precompute_config(single, *storage))
     for i in range(3):
-        result = run(precompute_cfg(sharded, f"shard={i}/3", *storage))
+        result = run(precompute_config(sharded, f"shard={i}/3", *storage))
         assert result["computed"] == len(shard_indices(len(atoms), i, 3))
     with HessianStore(sharded) as store:
         assert store.teachers() == []  # shards never write into the store itself
     with pytest.raises(FileNotFoundError, match="missing"):
-        run(precompute_cfg(sharded, "merge_shards=4"))
-    assert run(precompute_cfg(sharded, "merge_shards=3"))["merged"] == len(atoms)
+        run(precompute_config(sharded, "merge_shards=4"))
+    assert run(precompute_config(sharded, "merge_shards=3"))["merged"] == len(atoms)
     with HessianStore(sharded) as a, HessianStore(single) as b:
         assert a.teacher_done("ani1x").all()
         for i in range(len(atoms)):
@@ -51,11 +43,11 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, ani_teacher, layou
 def test_unfinished_shard_is_not_merged(tmp_path, ani_teacher):
     store = tmp_path / "s.h5"
     write_structures(store, label_with(ani_teacher, [rattled(n, seed=1) for n in ["H2O", "NH3", "CH4", "CH3OH"]]))
-    run(precompute_cfg(store, "shard=0/2"))
+    run(precompute_config(store, "shard=0/2"))
     with HessianStore(store) as main, open_shard(main, "ani1x", 1, 2) as shard1:  # started, nothing labelled yet
         shard1.create_teacher("ani1x", {})
     with pytest.raises(ValueError, match=r"shard 1/2 has not finished \(0/2"):
-        run(precompute_cfg(store, "merge_shards=2"))
+        run(precompute_config(store, "merge_shards=2"))
     with HessianStore(store) as s:
         assert not s.teacher_done("ani1x")[1::2].any()
 
@@ -74,7 +66,7 @@ def test_subset_source_can_be_any_reader(tmp_path, rng):
     r = np.array([[0.0, 0.0, 0.1], [0.0, 0.76, -0.5], [0.0, -0.76, -0.5]]) + rng.normal(0, 0.02, (4, 3, 3))
     np.savez(tmp_path / "water.npz", z=z, R=r, E=rng.normal(-47000, 1, (4, 1)), F=rng.normal(size=(4, 3, 3)))
     store = tmp_path / "water.h5"
-    cfg = precompute_cfg(store, "subset.source._target_=hessdistill.data.sources.npz.read_npz",
+    cfg = precompute_config(store, "subset.source._target_=hessdistill.data.sources.npz.read_npz",
                          f"subset.source.path={tmp_path / 'water.npz'}", "~subset.source.length_unit",
                          f"subset.source.energy_unit={kcal / mol}")
     run(cfg)
