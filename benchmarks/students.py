@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from row_strategies import step
 from torch_geometric.data import Batch
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.evaluation.speed import speed_report, timed
 from hessdistill.hessian.rows import sample_batch_rows

@@ -4,4 +4,6 @@ by matching sampled rows of the teacher's energy Hessian (Amin, Raja, Krishnapri
 Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian row index j = 3·atom + axis.
 """
 
+from hessdistill import config as _config  # noqa: F401  (registers the configs' resolvers)
+
 __version__ = "0.1.0"

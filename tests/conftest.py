@@ -67,7 +67,7 @@ def compose_config(name: str, overrides=()):
     """A config of conf/ composed as the command ``name`` would (Hydra's compose API, no run directory)."""
     from hydra import compose, initialize_config_dir
 
-    from hessdistill.cli.config_path import CONFIG_DIR
+    from hessdistill.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(name, overrides=list(overrides))
@@ -173,3 +173,27 @@ def labelled_store(tmp_path_factory, ani_teacher) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+class DeviceRecordingTeacher(torch.nn.Module):
+    """ANI-1x that records where it is moved (``moves``) and where each batch it computes lives (``batches``):
+    a test of an entry point's ``device`` setting fails if the entry point never moves the teacher there."""
+
+    moves: list = []
+    batches: list = []
+
+    def __new__(cls, *args, **kwargs):
+        from hessdistill.teachers.ani import ANITeacher
+
+        class Recording(ANITeacher):
+            def to(self, *a, **k):
+                device = a[0] if a and isinstance(a[0], (str, torch.device)) else k.get("device")
+                if device is not None:  # a move, not only a dtype cast
+                    DeviceRecordingTeacher.moves.append(torch.device(device))
+                return super().to(*a, **k)
+
+            def energy(self, batch):
+                DeviceRecordingTeacher.batches.append(batch.pos.device)
+                return super().energy(batch)
+
+        return Recording(*args, **kwargs)

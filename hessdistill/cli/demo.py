@@ -1,6 +1,6 @@
 """``hessdistill-demo``: the embedded end-to-end demo (offline, CPU, minutes).
 
-1. builds the demo store from data/demo and precomputes ANI-1x Hessians (resumable);
+1. builds the demo store from the demo data set shipped in the package and precomputes ANI-1x Hessians (resumable);
 2. trains a small PaiNN undistilled and with Hessian distillation on the same budget;
 3. prints test-split force and energy MAE of the teacher and both students.
 Extra arguments are passed to both training runs as Hydra overrides (e.g. trainer.max_epochs=20).

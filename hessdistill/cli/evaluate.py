@@ -21,10 +21,11 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore
+from hessdistill.devices import resolve_device
 from hessdistill.evaluation.accuracy import evaluate_split
 from hessdistill.evaluation.checkpoint import checkpoint_weights, load_student
 from hessdistill.evaluation.md import md_report
@@ -47,8 +48,9 @@ def markdown_table(rows: list[dict]) -> str:
 def run(cfg: DictConfig, output_dir: str) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    student = load_student(cfg.checkpoint)
-    teacher = hydra.utils.instantiate(cfg.teacher)
+    device = resolve_device(cfg.device)
+    student = load_student(cfg.checkpoint, device)
+    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
     with HessianStore(cfg.subset.store) as store:
         labelled = store.is_complete(teacher.name)
     if not labelled:

@@ -8,7 +8,7 @@ frames are labelled.
 Examples:
     # the embedded demo data set (ωB97X/6-31G(d))
     hessdistill-label --molecules CH3CONH2 HCOOH CH3COOH CH3OH CH3CH2OH C2H6CHOH --seeds 1 2 3 \\
-        --snapshots 10 --out data/demo/hcno_wb97x_631gd.extxyz --workers 2
+        --snapshots 10 --out hessdistill/datasets/demo/hcno_wb97x_631gd.extxyz --workers 2
     # GFN2-xTB labels for structures you already have, straight into a store
     hessdistill-label --structures confs.xyz --method xtb --out confs_gfn2.extxyz --store stores/confs.h5
 """
@@ -64,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[1], help="one MD trajectory per molecule and seed")
     p.add_argument("--snapshots", type=int, default=10, help="snapshots per trajectory")
     p.add_argument("--teacher", default="ani1x", help="ANI model name for the MD (ani1x, ani1ccx, ani2x)")
+    p.add_argument("--device", default="auto", help="where the teacher MD runs: auto, cpu, cuda, cuda:<i>")
     p.add_argument("--teacher-info", default=None,
                    help="NeuroChem .info file (ANI-2x: torchani_resources/ani-2x_8x.info)")
     p.add_argument("--temperature", type=float, default=500.0, help="K")
@@ -85,7 +86,7 @@ def md_jobs(args, done: set):
     """(key, atoms) to label, lazily: each trajectory's MD runs while earlier snapshots are being labelled."""
     from hessdistill.teachers.ani import ANITeacher
 
-    calc = TorchCalculator(ANITeacher(args.teacher, args.teacher_info))
+    calc = TorchCalculator(ANITeacher(args.teacher, args.teacher_info), device=args.device)
     for name in args.molecules:
         for seed in args.seeds:
             missing = [f for f in range(args.snapshots) if (name, seed, f) not in done]

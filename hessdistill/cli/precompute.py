@@ -14,10 +14,11 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
+from hessdistill.devices import resolve_device, shard_device
 from hessdistill.precompute.run import precompute_teacher
 from hessdistill.precompute.shards import merge_shards, open_shard, parse_shard, shard_indices
 
@@ -32,12 +33,13 @@ def run(cfg: DictConfig) -> dict:
         log.info("merged %d structures of teacher %s from %d shards into %s", merged, cfg.teacher.name,
                  cfg.merge_shards, store.path)
         return {"merged": merged, **_compress(store.path, cfg.storage)}
-    indices, target = None, store
+    indices, target, device = None, store, resolve_device(cfg.device)
     if cfg.shard:
         i, n = parse_shard(cfg.shard)
         indices, target = shard_indices(len(store), i, n), open_shard(store, cfg.teacher.name, i, n)
+        device = shard_device(cfg.device, i)
         store.close()
-    teacher = hydra.utils.instantiate(cfg.teacher)
+    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
     st = cfg.storage
     result = precompute_teacher(target, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
                                 layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed,

@@ -28,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
@@ -107,6 +107,17 @@ def callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
     return out
 
 
+def instantiate_logger(config: DictConfig):
+    """A configured logger; wandb, an optional dependency, is named with the extra that installs it when missing."""
+    try:
+        return hydra.utils.instantiate(config)
+    except Exception as exc:  # Hydra wraps the logger's own ModuleNotFoundError
+        if "wandb" in config._target_.lower() and isinstance(exc.__cause__, ImportError):
+            raise ModuleNotFoundError(f"logger=wandb needs wandb ({exc.__cause__}): pip install 'hessdistill[wandb]'") \
+                from exc
+        raise
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     build_store(cfg.subset)
@@ -118,7 +129,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")
     module.prepare(dm)
-    loggers = [hydra.utils.instantiate(c) for c in cfg.logger]
+    loggers = [instantiate_logger(c) for c in cfg.logger]
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks(cfg, output_dir),
                                       default_root_dir=output_dir, inference_mode=False)

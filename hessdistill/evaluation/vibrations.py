@@ -8,6 +8,7 @@ from ase import units
 from torch_geometric.data import Batch
 
 from hessdistill.data.structures import Structure
+from hessdistill.devices import module_device
 from hessdistill.hessian.rows import force_jacobian_rows
 
 # √(eV / (Å² amu)) in s⁻¹ (angular frequency), then wavenumbers ω / (2π c) in cm⁻¹
@@ -32,7 +33,7 @@ def model_hessian(model, atoms) -> np.ndarray:
     """(3N, 3N) eV/Å² Hessian of a model at ``atoms``: a teacher's ``hessians``, or for a student −∂F/∂r from all
     3N rows of its force Jacobian (symmetrised: a direct-force student's Jacobian need not be symmetric)."""
     dtype = next(model.parameters()).dtype
-    batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(dtype)])
+    batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(dtype)]).to(module_device(model))
     if hasattr(model, "hessians"):
         return model.hessians(batch).hessians[0].cpu().double().numpy()
     with torch.enable_grad():

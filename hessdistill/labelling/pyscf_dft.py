@@ -12,7 +12,10 @@ def dft_energy_forces(atoms, xc: str = "wb97x", basis: str = "6-31g*", charge: i
 
     Raises RuntimeError if the SCF does not converge (an unconverged label must never be written).
     """
-    from pyscf import dft, gto
+    try:
+        from pyscf import dft, gto
+    except ImportError as exc:
+        raise ImportError("DFT labelling needs pyscf: pip install 'hessdistill[label]'") from exc
 
     mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
                 basis=basis, unit="Angstrom", charge=charge, spin=spin, verbose=0)

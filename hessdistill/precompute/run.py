@@ -88,8 +88,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
                         len(idx), sizer.next_size(), chunk or "all")
             continue
         if sizer.tuning:
-            if batch.pos.is_cuda:
-                torch.cuda.synchronize()
+            if teacher.device.type == "cuda":  # time the work, not its launch
+                torch.cuda.synchronize(teacher.device)
             widths = 3 * (batch.ptr[1:] - batch.ptr[:-1])  # entries computed: (3N_i)² each, or k·3N_i for rows
             entries = widths * (rows_per_structure if layout == "rows" else widths)
             sizer.record(int(entries.sum()), time.perf_counter() - began)

@@ -23,7 +23,10 @@ class CHGNetTeacher(AutogradTeacher):
 
     def __init__(self, model: str | None = None, name: str = "chgnet") -> None:
         super().__init__()
-        from chgnet.model import CHGNet
+        try:
+            from chgnet.model import CHGNet
+        except ImportError as exc:
+            raise ImportError("the CHGNet teacher needs chgnet: pip install 'hessdistill[materials]'") from exc
 
         if model is not None and not Path(model).expanduser().is_file():
             raise FileNotFoundError(f"CHGNet checkpoint not found: {model}")

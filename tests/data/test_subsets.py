@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import rattled, shared_file
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data import selectors as sel
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.splits import read_split_file, split_counts, split_indices, write_split_file
@@ -232,13 +232,11 @@ def test_paper_experiments_compose_with_the_papers_values(name):
 
 def test_scl_organics_precomputes_with_ani2x_in_one_command(tmp_path):
     """``hessdistill-precompute teacher=ani2x subset=scl_organics`` on the committed frames (first 16 here)."""
-    from pathlib import Path
-
-    from hessdistill.cli.config_path import CONFIG_DIR as conf
     from hessdistill.cli.precompute import run
+    from hessdistill.config import dataset_path
 
     info = shared_file("teachers/torchani_resources/ani-2x_8x.info")
-    data = Path(conf).parent / "data" / "scl_organics" / "scl_wb97x_631gd.extxyz"
+    data = dataset_path("scl_organics/scl_wb97x_631gd.extxyz")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("precompute", overrides=["teacher=ani2x", "subset=scl_organics", f"teacher.info_file={info}",
                                                f"subset.source.path={data}", "+subset.source.index=':16'",
@@ -256,11 +254,9 @@ def test_scl_organics_precomputes_with_ani2x_in_one_command(tmp_path):
 
 
 def test_scl_organics_data_file_matches_its_recipe():
-    from pathlib import Path
+    from hessdistill.config import dataset_path
 
-    from hessdistill.cli.config_path import CONFIG_DIR as conf
-
-    frames = ase.io.read(Path(conf).parent / "data" / "scl_organics" / "scl_wb97x_631gd.extxyz", ":")
+    frames = ase.io.read(dataset_path("scl_organics/scl_wb97x_631gd.extxyz"), ":")
     allowed = {"CH3SH", "CH3CH2SH", "CH3SCH3", "C4H4S", "C2H6SO", "CH2SCH2", "CH3Cl", "H2CCl2", "HCCl3",
                "H2CCHCl", "CH3CH2Cl", "CH3COCl", "C3H7Cl"}
     assert len(frames) >= 240

@@ -12,7 +12,7 @@ from ase.build import bulk, molecule
 from hydra import compose, initialize_config_dir
 
 from conftest import rattled, tiny_painn
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.evaluation import speed
 from hessdistill.evaluation.relax import judge, relax
 from hessdistill.evaluation.vibrations import _TO_WAVENUMBER, harmonic_frequencies, model_hessian

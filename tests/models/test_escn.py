@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from scipy.spatial.transform import Rotation
 
 from conftest import make_batch, rattled
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.models import escn
 from hessdistill.models.escn import ESCN, SO2Linear, edge_rotations, l2_basis, wigner
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from scipy.special import spherical_jn
 
 from conftest import make_batch, rattled
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.graph import radius_graph
 from hessdistill.data.structures import Structure
 from hessdistill.models.gemnet import (

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from conftest import make_batch, rattled
 from hessdistill import losses
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.hessian.rows import VMAP_FALLBACKS, force_jacobian_rows, sample_batch_rows
 

@@ -155,7 +155,7 @@ def test_hydra_configs_compose_and_instantiate():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from hessdistill.cli.config_path import CONFIG_DIR
+    from hessdistill.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         ase_fd = instantiate(compose(config_name="precompute", overrides=["teacher=ase_fd"]).teacher)

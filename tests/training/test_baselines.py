@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import distill_terms, label_with, rattled
 from hessdistill import losses
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.models.heads import ProjectedEmbedding

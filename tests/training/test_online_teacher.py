@@ -49,8 +49,8 @@ def test_cli_online_mode_needs_no_precomputed_labels(tmp_path, monkeypatch, ani_
     from hydra import compose, initialize_config_dir
 
     from conftest import label_with, rattled
-    from hessdistill.cli.config_path import CONFIG_DIR
     from hessdistill.cli.train import run
+    from hessdistill.config import CONFIG_DIR
     from hessdistill.data.store import HessianStore, write_structures
 
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from hessdistill.cli.config_path import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

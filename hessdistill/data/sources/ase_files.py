@@ -15,7 +15,8 @@ def read_ase(path: str | Path, energy_unit: float = 1.0, length_unit: float = 1.
     (e.g. kcal/mol: ``ase.units.kcal / ase.units.mol``). Raises InvalidStructureError naming file and frame."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"structure file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+        raise FileNotFoundError(f"structure file not found: {path}{where}")
     try:
         frames = ase.io.read(path, index=index, format=format)
     except Exception as exc:  # ASE raises many types for malformed files

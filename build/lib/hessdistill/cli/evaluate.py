@@ -1,0 +1,162 @@
+"""``hessdistill-evaluate``: one command for a trained student and its teacher on the same split.
+
+    hessdistill-evaluate checkpoint=outputs/demo_hcno-hessian/<run>/checkpoints/last.ckpt
+
+Writes into the run directory: ``metrics.json`` (everything), ``metrics.csv`` and ``metrics.md`` (the tables),
+``parity.png`` (energy and force parity, student and teacher), ``md.png`` and ``spectra.png``. Sections: accuracy
+on the split (energy meV/atom, force meV/Å, Hessian-row eV/Å²), speed (structures/s and ns/day at batch 64 and at
+the throughput-maximising batch, student vs teacher), NVT stability and NVE drift, FIRE relaxation judged by the
+teacher, and harmonic spectra.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from hessdistill.config import CONFIG_DIR
+from hessdistill.data.datamodule import StoreDataModule
+from hessdistill.data.labels import StoredLabels
+from hessdistill.data.store import HessianStore
+from hessdistill.devices import resolve_device
+from hessdistill.evaluation.accuracy import evaluate_split
+from hessdistill.evaluation.checkpoint import checkpoint_weights, load_student
+from hessdistill.evaluation.md import md_report
+from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
+from hessdistill.evaluation.relax import relaxation_report, spectra_report
+from hessdistill.evaluation.speed import speed_report
+
+log = logging.getLogger(__name__)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                                       for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig, output_dir: str) -> dict:
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    student = load_student(cfg.checkpoint, device)
+    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
+    with HessianStore(cfg.subset.store) as store:
+        labelled = store.is_complete(teacher.name)
+    if not labelled:
+        log.warning("%s has no complete labels from teacher %s: no teacher accuracy or Hessian-row MAE",
+                    cfg.subset.store, teacher.name)
+    dm = StoreDataModule(store=cfg.subset.store, labels=StoredLabels(teacher.name) if labelled else None,
+                         split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed,
+                         split_by=cfg.subset.get("split_by"), split_file=cfg.split_file or cfg.subset.get("split_file"),
+                         cutoff=student.cutoff, max_neighbors=student.max_neighbors, eval_rows=cfg.rows,
+                         dtype=str(next(student.parameters()).dtype).removeprefix("torch."))
+    if cfg.split not in dm.splits:
+        raise ValueError(f"unknown split {cfg.split!r}; choose one of {sorted(dm.splits)}")
+    indices = dm.splits[cfg.split]
+    if len(indices) == 0:
+        raise ValueError(f"split {cfg.split!r} of {cfg.subset.store} is empty")
+    weights = checkpoint_weights(cfg.checkpoint)
+    accuracy = evaluate_split(student, dm.dataset(cfg.split), cfg.batch_size, weights.get("energy", 1.0),
+                              weights.get("forces", 1.0))
+    result = {"checkpoint": str(cfg.checkpoint), "store": str(cfg.subset.store), "split": cfg.split,
+              "teacher": teacher.name, "accuracy": accuracy["metrics"]}
+    parity_plot(out / "parity.png", accuracy["arrays"], accuracy["metrics"],
+                f"{cfg.subset.name} {cfg.split} split ({len(indices)} structures)")
+    structures = [dm.store.structure(int(i)) for i in indices]
+    if cfg.speed.enabled:
+        sample = structures[: cfg.speed.structures]
+        s = speed_report(student, sample, cfg.speed.batch_size, cfg.speed.max_batch, cfg.speed.repeat)
+        t = speed_report(teacher, sample, cfg.speed.batch_size, cfg.speed.max_batch, cfg.speed.repeat)
+        result["speed"] = {"student": s, "teacher": t,
+                           "speedup_at_batch": s["structures_per_s"] / t["structures_per_s"],
+                           "speedup_at_best_batch": s["best_structures_per_s"] / t["best_structures_per_s"]}
+    if cfg.relax.enabled:
+        reference = hydra.utils.instantiate(cfg.relax.reference) if cfg.relax.get("reference") else None
+        result["relax"] = relaxation_report(structures[: cfg.relax.count], student, teacher, cfg.relax.fmax,
+                                            cfg.relax.steps, reference)
+        result["relax_judged_by"] = cfg.relax.reference._target_ if reference is not None else f"teacher {teacher.name}"
+    if cfg.md.enabled:
+        training = [dm.store.structure(int(i)).to_atoms() for i in dm.splits["train"]]
+        starts = [s.to_atoms() for s in structures[: cfg.md.count]]
+        md = md_report(starts, {"student": student, "teacher": teacher}, training, cfg.md.steps, cfg.md.nve_steps,
+                       cfg.md.temperature_K, cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.max_deviation)
+        md_plot(out / "md.png", md, cfg.md.max_deviation)
+        result["md"] = md
+        result["md_summary"] = md_summary(md)
+    if cfg.spectra.enabled:
+        spectra = spectra_report(structures[: cfg.spectra.count], student, teacher, cfg.spectra.fmax,
+                                 cfg.spectra.steps)
+        spectrum_plot(out / "spectra.png", spectra, "harmonic wavenumbers at each model's minimum")
+        result["spectra"] = [{"name": s["name"], "mae_cm1": s["mae_cm1"], "student_cm1": s["student_cm1"].tolist(),
+                              "teacher_cm1": s["teacher_cm1"].tolist()} for s in spectra]
+        result["spectra_mae_cm1"] = float(np.mean([s["mae_cm1"] for s in spectra]))
+    write_outputs(out, result)
+    return result
+
+
+def md_summary(md: dict) -> list[dict]:
+    """Per model: stable runs, mean time to failure (ps, failed runs only) and mean NVE drift (eV/atom/ps)."""
+    rows = []
+    for name, runs in md.items():
+        failures = [r["time_to_failure_ps"] for r in runs["nvt"] if r["time_to_failure_ps"] is not None]
+        drifts = [r["drift_eV_per_atom_per_ps"] for r in runs["nve"]]
+        rows.append({"model": name, "nvt_runs": len(runs["nvt"]), "stable_runs": len(runs["nvt"]) - len(failures),
+                     "simulated_ps": float(np.mean([r["simulated_ps"] for r in runs["nvt"]])),
+                     "mean_time_to_failure_ps": float(np.mean(failures)) if failures else None,
+                     "nve_drift_eV_per_atom_per_ps": float(np.mean(drifts)) if drifts else None})
+    return rows
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    flat = {f"accuracy/{k}": v for k, v in result["accuracy"].items()}
+    if "speed" in result:
+        for who in ("student", "teacher"):
+            flat.update({f"speed/{who}/{k}": v for k, v in result["speed"][who].items()})
+        flat["speed/speedup_at_batch"] = result["speed"]["speedup_at_batch"]
+        flat["speed/speedup_at_best_batch"] = result["speed"]["speedup_at_best_batch"]
+    if "spectra_mae_cm1" in result:
+        flat["spectra/mae_cm1"] = result["spectra_mae_cm1"]
+    for row in result.get("md_summary", []):
+        flat.update({f"md/{row['model']}/{k}": v for k, v in row.items() if k != "model"})
+    with open(out / "metrics.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", "value"])
+        writer.writerows(flat.items())
+    sections = [f"# Evaluation of {result['checkpoint']}\n", f"{result['store']}, {result['split']} split, teacher "
+                f"{result['teacher']}\n", "## Accuracy\n", markdown_table([result["accuracy"]])]
+    if "speed" in result:
+        rows = [{"model": who, **result["speed"][who]} for who in ("student", "teacher")]
+        sections += ["\n## Speed\n", markdown_table(rows),
+                     f"\nstudent/teacher: {result['speed']['speedup_at_batch']:.2f}x at batch "
+                     f"{result['speed']['student']['batch']}, {result['speed']['speedup_at_best_batch']:.2f}x at "
+                     f"the best batches"]
+    if "relax" in result:
+        sections += [f"\n## FIRE relaxation (judged by {result['relax_judged_by']})\n", markdown_table(result["relax"])]
+    if "md_summary" in result:
+        sections += ["\n## MD: NVT stability and NVE drift\n", markdown_table(result["md_summary"])]
+    if "spectra" in result:
+        sections += ["\n## Harmonic spectra\n", markdown_table([{"name": s["name"], "mae_cm1": s["mae_cm1"]}
+                                                                for s in result["spectra"]])]
+    (out / "metrics.md").write_text("\n".join(sections) + "\n")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg, HydraConfig.get().runtime.output_dir)
+    log.info("evaluation written: %s", json.dumps(result["accuracy"]))
+
+
+if __name__ == "__main__":
+    main()

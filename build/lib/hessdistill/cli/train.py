@@ -1,0 +1,158 @@
+"""``hessdistill-train``: train a student on a store, undistilled or with Hessian distillation.
+
+    hessdistill-train experiment=demo distill=hessian
+    hessdistill-train --multirun experiment=demo weights.hessian=100,400 rows=1,4
+
+The config describes the run: the student, the loss terms (``distill``), the datamodule, optimizer, scheduler,
+callbacks and trainer are all Hydra ``_target_`` objects; this command only wires them. Which teacher labels the
+run reads follows from what its loss terms declare (``training.terms``), from the store or, with
+``teacher_mode=online``, from the teacher during training.
+
+Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
+split; point ``subset.split_file`` at it to reuse it) and ``run_info.json`` (git commit, package versions) into the
+run directory, beside Hydra's ``.hydra/config.yaml``. ``ckpt_path=…/last.ckpt`` resumes a run where it stopped
+(weights, optimiser, EMA, λ_KD halvings; shuffles and rows are seeded per epoch), reproducing its curve. The
+subset's store is built first if it does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from hessdistill.config import CONFIG_DIR
+from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
+from hessdistill.data.store import HessianStore
+from hessdistill.data.subset import build_store
+from hessdistill.training.module import DistillModule
+from hessdistill.training.terms import Loss
+
+log = logging.getLogger(__name__)
+
+TEACHER_MODES = ("precomputed", "online")
+
+
+def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
+    """The run's one label source. Online: the teacher itself. Precomputed: the store's labels of the teacher, which
+    must be complete when a term compares against a teacher field; otherwise they are read when complete (teacher
+    metrics and λ_KD halving) and skipped when not (None)."""
+    if cfg.teacher_mode not in TEACHER_MODES:
+        raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {cfg.teacher_mode!r}")
+    needed = sorted(field for field in loss.targets if field.startswith("teacher_"))
+    if cfg.teacher_mode == "online":
+        source = OnlineLabels(hydra.utils.instantiate(cfg.teacher), cfg.row_strategy)
+    else:
+        name = cfg.teacher.name
+        with HessianStore(cfg.subset.store) as store:
+            if needed:
+                store.require_complete(name, f"hessdistill-precompute teacher={name} subset={cfg.subset.name}"
+                                             + (" features=true" if "teacher_node_features" in needed else ""))
+            elif not store.is_complete(name):
+                return None
+        source = StoredLabels(name, node_features="teacher_node_features" in needed)
+    missing = [field for field in needed if field not in source.provides]
+    if missing:
+        raise ValueError(f"teacher_mode={cfg.teacher_mode}: the loss terms need {missing}, which this label source "
+                         f"does not provide (it provides {sorted(source.provides)})")
+    return source
+
+
+def write_run_info(output_dir: Path) -> dict:
+    """``run_info.json`` beside Hydra's saved config: git commit (and whether the tree was dirty), package versions,
+    host and command line, so every number can be traced to the code that made it."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {}
+    for name in ("hessdistill", "torch", "lightning", "torch-geometric", "hydra-core", "numpy", "h5py", "ase",
+                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin-torch"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    status = git("status", "--porcelain")
+    info = {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(status) if status is not None else None,
+            "packages": versions, "python": sys.version.split()[0], "host": platform.node(), "argv": sys.argv}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
+    """The configured callbacks; a checkpoint callback without a dirpath writes into ``<run dir>/checkpoints``."""
+    out = []
+    for config in cfg.callbacks.values():
+        extra = {"dirpath": str(Path(output_dir) / "checkpoints")} if "dirpath" in config and config.dirpath is None \
+            else {}
+        out.append(hydra.utils.instantiate(config, **extra))
+    return out
+
+
+def instantiate_logger(config: DictConfig):
+    """A configured logger; wandb, an optional dependency, is named with the extra that installs it when missing."""
+    try:
+        return hydra.utils.instantiate(config)
+    except Exception as exc:  # Hydra wraps the logger's own ModuleNotFoundError
+        if "wandb" in config._target_.lower() and isinstance(exc.__cause__, ImportError):
+            raise ModuleNotFoundError(f"logger=wandb needs wandb ({exc.__cause__}): pip install 'hessdistill[wandb]'") \
+                from exc
+        raise
+
+
+def run(cfg: DictConfig, output_dir: str) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    build_store(cfg.subset)
+    module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
+                           optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy)
+    labels = label_source(cfg, module.loss)
+    dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
+    main_process = rank_zero_only.rank == 0  # under DDP every rank runs this function; one writes the files
+    if main_process:
+        dm.write_split_file(Path(output_dir) / "splits.json")
+    module.prepare(dm)
+    loggers = [instantiate_logger(c) for c in cfg.logger]
+    # validation and test need forces and Hessian rows (autograd), which inference mode forbids
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks(cfg, output_dir),
+                                      default_root_dir=output_dir, inference_mode=False)
+    if main_process:
+        write_run_info(Path(output_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
+              "epochs": trainer.current_epoch,
+              "final_weights": {name: module.loss.weight(name) for name in module.loss.terms}}
+    if cfg.test:
+        (test,) = trainer.test(module, datamodule=dm, verbose=False)
+        result["test"] = {k: float(v) for k, v in test.items()}
+    if trainer.is_global_zero:
+        Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
+        log.info("metrics written to %s", Path(output_dir, "metrics.json"))
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    torch.set_float32_matmul_precision("high")
+    run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data path: readers → Structure records → HDF5 store → datamodule (one way)."""

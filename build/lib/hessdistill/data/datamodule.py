@@ -1,0 +1,157 @@
+"""Lightning data module streaming structures and their labels from a HessianStore.
+
+Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s sampled
+Hessian rows) per item. The radius graph is built per structure in the workers. Items and batches follow the batch
+schema (``hessdistill.data.keys``); teacher fields come from the run's one label source (``data.labels``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from torch_geometric.loader import DataLoader
+
+from hessdistill.data.graph import radius_graph
+from hessdistill.data.labels import TeacherLabels
+from hessdistill.data.splits import read_split_file, split_indices, write_split_file
+from hessdistill.data.store import HessianStore
+from hessdistill.hessian.rows import mixed_seed, rows_generator
+
+
+class EpochSampler(Sampler):
+    """Training order: a permutation seeded by (seed, epoch), yielding (position, epoch) keys so that the dataset can
+    seed each structure's Hessian-row draw the same way. Lightning calls ``set_epoch`` before every epoch (also
+    after resuming from a checkpoint), so a resumed run sees exactly the batches and rows it would have seen.
+
+    Under DDP (torch.distributed initialised) rank r of w takes every w-th entry from r of the permutation, padded
+    by wrapping to a multiple of w: with a per-rank batch of b, the w ranks' k-th batches together are exactly the
+    k-th batch of b·w a single process would see, and every rank has the same number of equal-sized batches (so
+    averaging the ranks' per-structure means gives the global mean)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return -(-self.n // self._rank_world()[1])
+
+    def __iter__(self):
+        rank, world = self._rank_world()
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch)))
+        padded = torch.cat([order, order[: len(self) * world - self.n]])
+        return iter([(int(k), self.epoch) for k in padded[rank::world]])
+
+
+class StoreDataset(Dataset):
+    """Items of a store: a structure with its radius graph, reference labels and, from ``labels`` (None: none), its
+    teacher labels with ``rows`` sampled Hessian rows.
+
+    Rows follow the one seed rule (``hessian.rows.rows_generator``) with ``rows_seed``: a (k, epoch) key from
+    ``EpochSampler`` draws fresh rows per epoch (training: pass the run seed); a plain position k draws the same
+    rows every time (validation, test, evaluation: pass the split seed).
+    """
+
+    def __init__(self, store: HessianStore, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
+                 cutoff: float, max_neighbors: int | None = None, dtype: torch.dtype = torch.float32,
+                 rows_seed: int = 0) -> None:
+        self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
+        self.cutoff, self.max_neighbors, self.dtype = cutoff, max_neighbors, dtype
+        self.rows_seed = rows_seed
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        """key: a position k, or (k, epoch) from ``EpochSampler``."""
+        k, epoch = key if isinstance(key, tuple) else (key, None)
+        i = int(self.indices[k])
+        data = self.store.structure(i).to_data(self.dtype)
+        data.idx = torch.tensor([i])
+        data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
+                                                        data.pbc[0])
+        if self.labels is not None:
+            self.labels.label_item(data, self.store, i, self.rows, rows_generator(i, self.rows_seed, epoch))
+        return data
+
+
+class StoreDataModule(L.LightningDataModule):
+    """Train/val/test loaders over one store.
+
+    labels: the run's teacher-label source (``StoredLabels`` or ``OnlineLabels``; None: reference labels only);
+    rows: Hessian rows per training structure, eval_rows per validation/test structure.
+    split: sizes as fractions or counts (``hessdistill.data.splits``); split_by: None splits structures, an info key
+    (e.g. "molecule") splits whole groups; split_file: a JSON split record — read when it exists (and checked to
+    belong to this store), else written there, so every later run uses exactly the same split.
+    seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
+    """
+
+    def __init__(self, store: str, labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
+                 eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
+                 cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4,
+                 dtype: str = "float32", split_by: str | None = None,
+                 split_file: str | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.store_path, self.labels, self.rows = store, labels, rows
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
+        self.cutoff, self.max_neighbors = cutoff, max_neighbors
+        self.eval_rows, self.seed = eval_rows, seed
+        self.dtype = getattr(torch, dtype)
+        self.store = HessianStore(store)
+        self.splits = self._make_splits(split_file)
+
+    def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
+        self.fingerprint = self.store.fingerprint()  # reads every position once; reused by write_split_file
+        if split_file is not None and Path(split_file).exists():
+            return read_split_file(split_file, self.fingerprint, len(self.store))
+        groups = None if self.split_by is None else self.store.info_values(self.split_by)
+        splits = split_indices(len(self.store), self.split_sizes, self.split_seed, groups)
+        if split_file is not None:
+            self.write_split_file(split_file, splits)
+        return splits
+
+    def write_split_file(self, path: str | Path, splits: dict[str, np.ndarray] | None = None) -> None:
+        """Record the split (indices, store fingerprint, sizes, seed, split_by) as JSON at ``path``."""
+        write_split_file(path, self.splits if splits is None else splits, self.fingerprint,
+                         store=str(self.store_path), n_structures=len(self.store), split=list(self.split_sizes),
+                         seed=self.split_seed, split_by=self.split_by)
+
+    def dataset(self, name: str) -> StoreDataset:
+        """The dataset of split ``name``: training rows per epoch from the run seed, fixed rows from the split seed."""
+        training = name == "train"
+        return StoreDataset(self.store, self.splits[name], self.labels, self.rows if training else self.eval_rows,
+                            self.cutoff, self.max_neighbors, self.dtype,
+                            rows_seed=self.seed if training else self.split_seed)
+
+    def train_dataloader(self):
+        dataset = self.dataset("train")
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed),
+                          drop_last=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return DataLoader(self.dataset("val"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self):
+        return DataLoader(self.dataset("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Labels computed per batch on the training device (online teacher); stored labels pass through."""
+        return batch if self.labels is None else self.labels.label_batch(batch)
+
+    def energy_statistics(self) -> tuple[torch.Tensor, float]:
+        """Per-element reference energies (119,) eV fitted on the training split, and its force RMS, eV/Å."""
+        refs, force_rms = self.store.energy_statistics(self.splits["train"])
+        return torch.as_tensor(refs), force_rms

@@ -1,0 +1,58 @@
+"""The batch schema: every field a batch can carry, with its shape and unit, in one place.
+
+A structure becomes a ``StructureData`` (``Structure.to_data``); the datamodule and the label sources add fields;
+PyG collates items into a batch. Shapes are per batch: B structures, Ntot atoms, E edges, s sampled Hessian rows
+per structure, F_t teacher feature width. Hessian rows use the one lane layout (s, Ntot, 3) of
+``hessdistill.hessian`` from collate to loss: an item holds its rows as (s, N, 3) and they are concatenated along
+the atom axis (``StructureData.__cat_dim__``), so nothing downstream permutes them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch_geometric.data import Data
+
+
+class Field(NamedTuple):
+    shape: str
+    unit: str
+    meaning: str
+
+
+Z, POS, CELL, PBC, NATOMS = "z", "pos", "cell", "pbc", "natoms"
+ENERGY, FORCES = "energy", "forces"
+STRUCTURE_ID = "idx"
+EDGE_INDEX, EDGE_SHIFT = "edge_index", "edge_shift"
+TEACHER_ENERGY, TEACHER_FORCES, TEACHER_NODE_FEATURES = "teacher_energy", "teacher_forces", "teacher_node_features"
+SAMPLED_ROWS, TEACHER_ROWS = "sampled_rows", "teacher_rows"
+
+FIELDS: dict[str, Field] = {
+    Z: Field("(Ntot,) int64", "", "atomic numbers"),
+    POS: Field("(Ntot, 3)", "Å", "positions"),
+    CELL: Field("(B, 3, 3)", "Å", "cell vectors as rows (zeros when non-periodic)"),
+    PBC: Field("(B, 3) bool", "", "periodic along each cell vector"),
+    NATOMS: Field("(B,) int64", "", "atoms per structure"),
+    ENERGY: Field("(B,)", "eV", "reference energy"),
+    FORCES: Field("(Ntot, 3)", "eV/Å", "reference forces"),
+    STRUCTURE_ID: Field("(B,) int64", "", "index of the structure in its store"),
+    EDGE_INDEX: Field("(2, E) int64", "", "radius graph, source j → target i, into the batch's atoms"),
+    EDGE_SHIFT: Field("(E, 3)", "Å", "periodic shift: r_ij = pos[j] − pos[i] + shift"),
+    TEACHER_ENERGY: Field("(B,)", "eV", "teacher energy"),
+    TEACHER_FORCES: Field("(Ntot, 3)", "eV/Å", "teacher forces"),
+    TEACHER_NODE_FEATURES: Field("(Ntot, F_t)", "", "teacher final-layer node features (n2n baseline)"),
+    SAMPLED_ROWS: Field("(B, s) int64", "", "each structure's sampled Hessian rows j = 3·atom + axis"),
+    TEACHER_ROWS: Field("(s, Ntot, 3)", "eV/Å²", "teacher Hessian rows H_j of the sampled rows, as lanes"),
+}
+# PyG's own fields of a collated batch: ``batch`` (Ntot,) structure of each atom, ``ptr`` (B+1,) atom offsets.
+
+LANE_FIELDS = frozenset({TEACHER_ROWS})  # concatenated along the atom axis (dim 1), not dim 0
+
+
+class StructureData(Data):
+    """A PyG ``Data`` that knows the schema's collation: lane fields are joined along their atom axis."""
+
+    def __cat_dim__(self, key: str, value, *args, **kwargs):
+        if key in LANE_FIELDS:
+            return 1
+        return super().__cat_dim__(key, value, *args, **kwargs)

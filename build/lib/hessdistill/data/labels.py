@@ -1,0 +1,92 @@
+"""Where a batch's teacher labels come from, chosen once per run: the store's precomputed labels (``StoredLabels``)
+or a frozen teacher computing them during training (``OnlineLabels``).
+
+A label source works in two places: ``label_item`` adds fields to one structure's item as the dataset reads it (in a
+DataLoader worker), and ``label_batch`` to a collated batch once it is on the training device. Either way a batch
+leaves the datamodule with the schema's teacher fields (``hessdistill.data.keys``): teacher_energy (B,) eV,
+teacher_forces (Ntot, 3) eV/Å and, when rows are sampled, sampled_rows (B, s) and teacher_rows (s, Ntot, 3) eV/Å².
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+
+from hessdistill.data.keys import (
+    SAMPLED_ROWS,
+    TEACHER_ENERGY,
+    TEACHER_FORCES,
+    TEACHER_NODE_FEATURES,
+    TEACHER_ROWS,
+    StructureData,
+)
+from hessdistill.data.store import HessianStore
+from hessdistill.hessian.rows import RowStrategy, sample_rows
+
+
+class TeacherLabels(abc.ABC):
+    """A source of teacher labels; ``name`` is the teacher's (its store group for stored labels)."""
+
+    name: str
+    provides: frozenset[str]  # the batch fields (data.keys) this source adds
+
+    @abc.abstractmethod
+    def label_item(self, data: StructureData, store: HessianStore, i: int, rows: int,
+                   generator: torch.Generator) -> None:
+        """Add the teacher fields this source reads per structure to ``data``, structure ``i`` of ``store``,
+        drawing ``rows`` Hessian rows (0: none) with ``generator`` (the one seed rule, ``hessian.rows``)."""
+
+    def label_batch(self, batch):
+        """The collated batch on its device, with whatever this source computes per batch added."""
+        return batch
+
+
+class StoredLabels(TeacherLabels):
+    """The store's labels of teacher ``name``: energy, forces, s rows sampled from the rows the store holds (all 3N,
+    or the k of a row-subset store) and, with ``node_features``, the teacher's node features (n2n baseline)."""
+
+    def __init__(self, name: str, node_features: bool = False) -> None:
+        self.name, self.node_features = name, node_features
+        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS}
+                                  | ({TEACHER_NODE_FEATURES} if node_features else set()))
+
+    def label_item(self, data, store, i, rows, generator) -> None:
+        energy, forces = store.teacher_labels(self.name, i)
+        data.teacher_energy = torch.tensor([energy], dtype=data.pos.dtype)
+        data.teacher_forces = torch.as_tensor(forces, dtype=data.pos.dtype)
+        if self.node_features:
+            data.teacher_node_features = torch.as_tensor(store.node_features(self.name, i), dtype=data.pos.dtype)
+        if rows > 0:
+            available = torch.as_tensor(store.stored_rows(self.name, i))
+            chosen = sample_rows(available, rows, generator, f"{store.path}[{i}]")
+            h = store.hessian_rows(self.name, i, chosen.numpy())  # (s, 3N)
+            data.sampled_rows = chosen.unsqueeze(0)
+            data.teacher_rows = torch.as_tensor(h, dtype=data.pos.dtype).view(rows, -1, 3)
+
+
+class OnlineLabels(TeacherLabels):
+    """A frozen ``Teacher`` labels every batch on the batch's device: items carry only their sampled row indices
+    (drawn over all 3N rows), and ``label_batch`` computes energy, forces and those rows (no precompute, no store
+    labels). ``strategy``: how the teacher's row VJPs run (``hessian.rows.resolve_strategy``)."""
+
+    def __init__(self, teacher, strategy: RowStrategy = "auto") -> None:
+        self.teacher, self.strategy, self.name = teacher.freeze(), strategy, teacher.name
+        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS})
+
+    def label_item(self, data, store, i, rows, generator) -> None:
+        if rows > 0:
+            data.sampled_rows = sample_rows(torch.arange(3 * data.num_nodes), rows, generator,
+                                            f"{store.path}[{i}]").unsqueeze(0)
+
+    def label_batch(self, batch):
+        if self.teacher.device != batch.pos.device:
+            self.teacher.to(batch.pos.device)
+        if hasattr(batch, "sampled_rows"):
+            out = self.teacher.hessian_rows(batch, batch.sampled_rows, self.strategy)
+            batch.teacher_rows = out.rows.to(batch.pos.dtype)
+            energy, forces = out.energy, out.forces
+        else:
+            energy, forces = self.teacher.energy_forces(batch)
+        batch.teacher_energy, batch.teacher_forces = energy.to(batch.pos.dtype), forces.to(batch.pos.dtype)
+        return batch

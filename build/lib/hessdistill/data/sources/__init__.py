@@ -1,0 +1,1 @@
+"""Readers, one per format, each yielding validated ``Structure`` records in eV, Å, eV/Å."""

@@ -1,0 +1,84 @@
+"""ANI / COMP6-style HDF5 files as Structure records, converted to eV and Å.
+
+Layout: groups (possibly nested) each holding ``species`` (N,) element symbols (bytes/str) or atomic
+numbers, ``coordinates`` (C, N, 3), ``energies`` (C,) and ``forces`` (C, N, 3). Every group that has
+``coordinates`` is one molecule. In COMP6 (and the ANI-1x release) energies are Hartree, coordinates Å, and
+the ``forces`` field is the energy *gradient* in Hartree/Å, hence ``forces_are_gradients=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from ase.data import atomic_numbers as SYMBOL_TO_Z
+from ase.units import Hartree
+
+from hessdistill.data.sources.conformers import conformer_structures, labelled
+from hessdistill.data.structures import InvalidStructureError, Structure
+
+log = logging.getLogger(__name__)
+
+
+def _species_to_z(raw, where: str) -> np.ndarray:
+    arr = np.asarray(raw).reshape(-1)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    out = []
+    for s in arr:
+        sym = bytes(s).decode("utf-8") if isinstance(s, (bytes, np.bytes_)) else str(s)
+        sym = sym.strip()
+        if sym not in SYMBOL_TO_Z or sym == "X":
+            raise InvalidStructureError(f"{where}: unknown element symbol {sym!r} in species")
+        out.append(SYMBOL_TO_Z[sym])
+    return np.asarray(out, dtype=np.int64)
+
+
+def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: str = "forces",
+                  forces_are_gradients: bool = True, energy_unit: float = Hartree, length_unit: float = 1.0,
+                  require_labels: bool = True) -> list[Structure]:
+    """Read every conformer of every molecule group (groups with ``coordinates``), walked recursively.
+
+    energy_unit / length_unit: factors converting the file's units to eV and Å (forces scale by
+    energy_unit/length_unit). forces_are_gradients: negate the ``forces_key`` field (COMP6, ANI-1x).
+    Conformers with NaN/inf energy or forces are skipped (count logged); missing datasets and shape
+    mismatches raise InvalidStructureError naming file and group.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ANI HDF5 file not found: {path}")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise InvalidStructureError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
+    groups: list[str] = []
+    structures: list[Structure] = []
+    skipped = 0
+    sign = -1.0 if forces_are_gradients else 1.0
+    with handle as h5:
+        h5.visititems(lambda name, obj: groups.append(name)
+                     if isinstance(obj, h5py.Group) and "coordinates" in obj else None)
+        for name in groups:
+            group = h5[name]
+            where = f"{path}[{name}]"
+            has_labels = labelled(group, where, ("species",), (energy_key, forces_key), require_labels)
+            z = _species_to_z(group["species"][()], where)
+            positions = np.asarray(group["coordinates"][()], dtype=np.float64) * length_unit
+            if positions.ndim == 2:  # a single conformer stored without the leading axis
+                positions = positions[None]
+            energies = forces = None
+            if has_labels:
+                energies = np.asarray(group[energy_key][()], dtype=np.float64).reshape(-1) * energy_unit
+                forces = sign * np.asarray(group[forces_key][()], dtype=np.float64) * (energy_unit / length_unit)
+                if forces.ndim == 2 and positions.shape[0] == 1:
+                    forces = forces[None]
+            found, n_skipped = conformer_structures(where, z, positions, energies, forces, {"molecule": name},
+                                                    ("coordinates", energy_key, forces_key), require_labels)
+            structures += found
+            skipped += n_skipped
+    if skipped:
+        log.warning("%s: skipped %d conformer(s) with NaN/inf energy or forces", path, skipped)
+    return structures

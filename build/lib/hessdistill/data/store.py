@@ -1,0 +1,473 @@
+"""HessianStore: one HDF5 file per data set/subset holding structures, reference labels and teacher labels.
+
+Layout (all per-atom arrays are ragged, concatenated over structures, indexed by ``offsets``)::
+
+    /                      attrs: format="hessdistill-store", version, units (JSON)
+    /structures/z          (A,) int16            atomic numbers, A = Σ N_i
+    /structures/positions  (A, 3) float64        Å
+    /structures/offsets    (M+1,) int64          structure i's atoms are offsets[i]:offsets[i+1]
+    /structures/cell       (M, 3, 3) float64     Å (zeros when non-periodic)
+    /structures/pbc        (M, 3) bool
+    /structures/energy     (M,) float64          reference energy, eV
+    /structures/forces     (A, 3) float64        reference forces, eV/Å
+    /structures/info       (M,) str              JSON metadata per structure (molecule, seed, source, ...)
+    /teachers/<name>/      attrs: teacher, level_of_theory, method, hessian_layout, hessian_dtype, created
+    /teachers/<name>/energy           (M,) float64       eV
+    /teachers/<name>/forces           (A, 3) float64     eV/Å
+    /teachers/<name>/hessian          (Σ size_i,) float32|float16  eV/Å², one block per structure:
+                                      layout full: (3N_i, 3N_i) row-major; upper: the upper triangle row by row,
+                                      3N_i(3N_i+1)/2 values; rows: k rows (k, 3N_i)
+    /teachers/<name>/hessian_row_index (M, k) int32       layout rows only: which rows are stored
+    /teachers/<name>/hessian_offsets  (M+1,) int64
+    /teachers/<name>/asymmetry        (M,) float32       max |H − Hᵀ| per structure, eV/Å² (diagnostic)
+    /teachers/<name>/done             (M,) bool          completion mark, written after the data
+    /teachers/<name>/node_features    (A, F) float32     optional: teacher node features (n2n baseline)
+    /teachers/<name>/element_z, element_embeddings  (E,), (E, F_e)  optional: element embeddings (a2a baseline)
+
+A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from hessdistill.data.splits import store_fingerprint
+from hessdistill.data.structures import Structure
+
+FORMAT = "hessdistill-store"
+LAYOUTS = ("full", "upper", "rows")
+VERSION = 1
+BLOCK_READ = 2**16  # a full-layout Hessian block up to this many values is read whole (256 KiB of float32)
+UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
+
+
+def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    """A contiguous dataset whose file space is allocated now: later writes change raw bytes only, never HDF5
+    metadata, so a process killed mid-write cannot leave the file's structure inconsistent (resumable
+    precompute), and a structure's block is one contiguous read."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return group.create_dataset(name, shape, dtype, dcpl=dcpl)
+
+
+@functools.lru_cache(maxsize=64)
+def _triangle(width: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Indices of the upper triangle of a (width, width) matrix row by row (the "upper" layout's order), and the
+    same entries' mirror images (i, j) → (j, i)."""
+    i, j = np.triu_indices(width)
+    return (i, j), (j, i)
+
+
+class StoreError(ValueError):
+    """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
+
+
+def write_structures(path: str | Path, structures: Sequence[Structure], overwrite: bool = False,
+                     attrs: dict | None = None) -> None:
+    """Create a store from validated structures (written to ``<path>.partial`` then renamed: never half-written).
+
+    attrs: extra root attributes recording how the store was made (e.g. ``subset``: the subset config as JSON)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if not structures:
+        raise StoreError(f"{path}: no structures to write")
+    for s in structures:
+        s.validate(require_labels=True)
+    counts = np.array([s.n_atoms for s in structures])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent shard jobs may race to create it
+    try:
+        with h5py.File(partial, "w") as f:
+            f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS),
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            f.attrs.update(attrs or {})
+            g = f.create_group("structures")
+            g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
+            g["positions"] = np.concatenate([s.positions for s in structures])
+            g["offsets"] = offsets
+            g["cell"] = np.stack([s.cell for s in structures])
+            g["pbc"] = np.stack([s.pbc for s in structures])
+            g["energy"] = np.array([s.energy for s in structures], dtype=np.float64)
+            g["forces"] = np.concatenate([s.forces for s in structures])
+            info = [json.dumps({**s.info, "source": s.source}, default=str) for s in structures]
+            g.create_dataset("info", data=np.array(info, dtype=object), dtype=h5py.string_dtype())
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.rename(path)
+
+
+class HessianStore:
+    """Read access (and teacher writes) to a store file. Opens h5py lazily so it can cross process forks."""
+
+    def __init__(self, path: str | Path, mode: str = "r") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"store not found: {self.path}")
+        self.mode = mode
+        self._file: h5py.File | None = None
+        self._readers: dict[str, dict] = {}
+        self._pid = os.getpid()
+        f = self.file
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.path} is not a hessdistill store (format attribute {f.attrs.get('format')!r})")
+        self.offsets = f["structures/offsets"][:]
+
+    @property
+    def file(self) -> h5py.File:
+        """The open h5py file of *this* process (a DataLoader worker forked with a handle reopens its own)."""
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, self.mode)
+            self._pid = os.getpid()
+            self._readers = {}
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._readers = {}
+
+    def __enter__(self) -> HessianStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):  # h5py handles cannot be pickled into spawned workers: reopen there
+        state = dict(self.__dict__)
+        state["_file"], state["_readers"] = None, {}
+        return state
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def attributes(self) -> dict:
+        """The root attributes: format, version, units and how the store was made (e.g. ``subset_select``)."""
+        return dict(self.file.attrs)
+
+    def n_atoms(self, i: int | None = None):
+        counts = np.diff(self.offsets)
+        return counts if i is None else int(counts[i])
+
+    def structure(self, i: int) -> Structure:
+        """Structure i with its reference labels (eV, Å, eV/Å)."""
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        g = self._structure_reader()
+        return Structure(
+            z=g["z"][a:b], positions=g["positions"][a:b], cell=g["cell"][i], pbc=g["pbc"][i],
+            energy=float(g["energy"][i]), forces=g["forces"][a:b], info=json.loads(g["info"][i]),
+            source=f"{self.path}[{i}]",
+        )
+
+    def _structure_reader(self) -> dict[str, h5py.Dataset]:
+        """Open handles of the /structures datasets, kept for this process's file (see ``_reader``)."""
+        f = self.file
+        if "structures" not in self._readers:
+            self._readers["structures"] = {name: f["structures"][name] for name in
+                                           ("z", "positions", "cell", "pbc", "energy", "forces", "info")}
+        return self._readers["structures"]
+
+    def info_values(self, key: str) -> list:
+        """``info[key]`` of every structure (e.g. "molecule" for a group split); StoreError naming the first
+        structure that lacks it."""
+        values = []
+        for i, raw in enumerate(self.file["structures/info"][:]):
+            info = json.loads(raw)
+            if key not in info:
+                raise StoreError(f"{self.path}[{i}]: structure has no info key {key!r} (has: {sorted(info)})")
+            values.append(info[key])
+        return values
+
+    def fingerprint(self) -> str:
+        """SHA-1 of the store's atomic numbers, positions and offsets (identifies its structures)."""
+        g = self.file["structures"]
+        return store_fingerprint(g["z"][:], g["positions"][:], self.offsets)
+
+    def structures(self, indices: Iterable[int] | None = None):
+        for i in range(len(self)) if indices is None else indices:
+            yield self.structure(int(i))
+
+    def copy_structures(self, path: str | Path) -> Path:
+        """A new store at ``path`` holding this store's structures and root attributes, no teacher labels (written
+        to a ``.partial`` file first, so never half-made)."""
+        path = Path(path)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        try:
+            with h5py.File(partial, "w") as out:
+                out.attrs.update(dict(self.file.attrs))
+                self.file.copy(self.file["structures"], out, "structures")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.rename(path)
+        return path
+
+    def energy_statistics(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-element reference energies (119,) eV by least squares over structures ``indices`` (an element absent
+        from them gets 0), and their force RMS, eV/Å: what a student's energy head is scaled and shifted by."""
+        g = self._structure_reader()
+        z, energy = g["z"][:], g["energy"][:]
+        counts = np.zeros((len(indices), 119))
+        for row, i in enumerate(indices):
+            np.add.at(counts[row], z[self.offsets[i] : self.offsets[i + 1]], 1)
+        present = counts.any(axis=0)
+        coef, *_ = np.linalg.lstsq(counts[:, present], energy[indices], rcond=None)
+        refs = np.zeros(119)
+        refs[present] = coef
+        atoms = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
+        return refs, float(np.sqrt((g["forces"][:][atoms] ** 2).mean()))
+
+    # ---- teachers -------------------------------------------------------------------------------------
+    def teachers(self) -> list[str]:
+        names = self.file["teachers"].keys() if "teachers" in self.file else []
+        return [n for n in names if not n.startswith(".")]
+
+    def teacher_group(self, teacher: str) -> h5py.Group:
+        if teacher not in self.teachers():
+            raise StoreError(f"{self.path} has no labels from teacher {teacher!r} (has: {self.teachers()}); "
+                             f"run precompute")
+        return self.file["teachers"][teacher]
+
+    def create_teacher(self, teacher: str, attrs: dict, layout: str = "full", dtype: str = "float32",
+                       rows_per_structure: int | None = None) -> h5py.Group:
+        """Allocate (or reopen, for resuming) a teacher group sized for every structure.
+
+        layout "full": (3N, 3N) blocks; "upper": symmetric packing of the upper triangle, 3N(3N+1)/2 values;
+        "rows": ``rows_per_structure`` rows (k, 3N) per structure, their indices in ``hessian_row_index`` (M, k).
+        dtype "float32" or "float16" (half the disk; relative error ≤ 2⁻¹¹ of each entry).
+        """
+        f = self.file
+        if "teachers" in f and teacher in f["teachers"]:
+            g = f["teachers"][teacher]
+            asked = (layout, dtype, rows_per_structure if layout == "rows" else None)
+            have = (g.attrs["hessian_layout"], g.attrs["hessian_dtype"], g.attrs.get("rows_per_structure"))
+            if asked[:2] != have[:2] or (layout == "rows" and asked[2] != have[2]):
+                raise StoreError(f"{self.path}: teacher {teacher!r} exists with Hessian storage {have}, asked {asked}")
+            return g
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown Hessian layout {layout!r}; choose one of {LAYOUTS}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"Hessian dtype must be float32 or float16, got {dtype!r}")
+        n = 3 * self.n_atoms().astype(np.int64)
+        if layout == "rows":
+            if not rows_per_structure or rows_per_structure < 1:
+                raise ValueError("layout 'rows' needs rows_per_structure >= 1")
+            if int(n.min()) < rows_per_structure:
+                raise ValueError(f"{self.path}: a structure has only {int(n.min())} "
+                                 f"Hessian rows < {rows_per_structure}")
+        sizes = {"full": n * n, "upper": n * (n + 1) // 2, "rows": (rows_per_structure or 0) * n}[layout]
+        hoff = np.concatenate([[0], np.cumsum(sizes)])
+        # built under a temporary name and moved into place when complete: a run killed while allocating
+        # leaves no half-made group behind (the next run discards the temporary one)
+        parent, tmp = f.require_group("teachers"), f".{teacher}.incomplete"
+        if tmp in parent:
+            del parent[tmp]
+        g = parent.create_group(tmp)
+        g.attrs.update({k: v for k, v in attrs.items() if v is not None}, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       hessian_layout=layout, hessian_dtype=dtype)
+        if layout == "rows":
+            g.attrs["rows_per_structure"] = int(rows_per_structure)
+            _preallocated(g, "hessian_row_index", (len(self), rows_per_structure), np.int32)
+        m, a = len(self), int(self.offsets[-1])
+        _preallocated(g, "energy", (m,), np.float64)
+        _preallocated(g, "forces", (a, 3), np.float64)
+        _preallocated(g, "hessian", (int(hoff[-1]),), dtype)
+        g["hessian_offsets"] = hoff
+        _preallocated(g, "asymmetry", (m,), np.float32)
+        _preallocated(g, "done", (m,), bool)
+        f.flush()
+        parent.move(tmp, teacher)
+        f.flush()
+        return parent[teacher]
+
+    def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
+                      rows: np.ndarray | None = None, asymmetry: float | None = None,
+                      node_features: np.ndarray | None = None) -> None:
+        """Write one structure's teacher labels, flush, then set its completion mark and flush again.
+
+        hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
+        asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher;
+        default: of ``hessian``.
+        node_features: (N, F) teacher node features, for a group made with ``create_features``.
+        """
+        g = self.teacher_group(teacher)
+        layout = g.attrs["hessian_layout"]
+        n = self.n_atoms(i)
+        expected = (g.attrs["rows_per_structure"], 3 * n) if layout == "rows" else (3 * n, 3 * n)
+        if forces.shape != (n, 3) or hessian.shape != expected:
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} gave forces {forces.shape} and Hessian "
+                             f"{hessian.shape}; expected ({n}, 3) and {expected}")
+        if not (np.isfinite(hessian).all() and np.isfinite(forces).all() and np.isfinite(energy)):
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} returned NaN/inf labels")
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        h0, h1 = g["hessian_offsets"][i : i + 2]
+        g["energy"][i] = energy
+        g["forces"][a:b] = forces
+        if layout == "rows":
+            g["hessian_row_index"][i] = np.asarray(rows)
+            packed = hessian
+            g["asymmetry"][i] = np.nan  # unknown from a subset of rows
+        else:
+            packed = hessian[_triangle(3 * n)[0]] if layout == "upper" else hessian
+            g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max()) if asymmetry is None else asymmetry
+        g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
+        if node_features is not None:
+            g["node_features"][a:b] = node_features
+        self.file.flush()
+        g["done"][i] = True
+        self.file.flush()
+
+    def create_features(self, teacher: str, n_features: int, element_z: np.ndarray | None = None,
+                        element_embeddings: np.ndarray | None = None) -> None:
+        """Add the teacher's node features (A, F) float32 (filled per structure by ``write_teacher``) and, if
+        given, its element embeddings (E, F_e) with their atomic numbers (E,), for the n2n and a2a baselines."""
+        g = self.teacher_group(teacher)
+        if "node_features" in g:
+            return
+        if g["done"][:].any():
+            raise StoreError(f"{self.path}: teacher {teacher!r} already has structures labelled without node features;"
+                             f" export features into a new teacher group (e.g. another teacher name)")
+        _preallocated(g, "node_features", (int(self.offsets[-1]), n_features), np.float32)
+        if element_embeddings is not None:
+            g["element_z"] = np.asarray(element_z, dtype=np.int16)
+            g["element_embeddings"] = np.asarray(element_embeddings, dtype=np.float32)
+        self.file.flush()
+
+    def node_features(self, teacher: str, i: int) -> np.ndarray:
+        """Teacher node features of structure i, (N, F)."""
+        g = self.teacher_group(teacher)
+        if "node_features" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no node features; precompute with features=true")
+        return g["node_features"][int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def node_feature_width(self, teacher: str) -> int:
+        """F of the teacher's stored node features (A, F); StoreError if it has none."""
+        g = self.teacher_group(teacher)
+        if "node_features" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no node features; precompute with features=true")
+        return int(g["node_features"].shape[1])
+
+    def element_embeddings(self, teacher: str) -> tuple[np.ndarray, np.ndarray]:
+        """Atomic numbers (E,) and the teacher's element embeddings (E, F_e); StoreError if it has none."""
+        g = self.teacher_group(teacher)
+        if "element_embeddings" not in g:
+            raise StoreError(f"{self.path}: teacher {teacher!r} has no element embeddings (precompute with "
+                             f"features=true and a teacher that has an embedding table, e.g. MACE)")
+        return g["element_z"][:].astype(np.int64), g["element_embeddings"][:]
+
+    def teacher_done(self, teacher: str) -> np.ndarray:
+        """(M,) completion marks of ``teacher`` (all False when the store has no such teacher)."""
+        return self.teacher_group(teacher)["done"][:] if teacher in self.teachers() else np.zeros(len(self), bool)
+
+    def is_complete(self, teacher: str) -> bool:
+        """Whether every structure has ``teacher``'s labels."""
+        return bool(self.teacher_done(teacher).all())
+
+    def require_complete(self, teacher: str, command: str | None = None) -> None:
+        """StoreError naming the file, the teacher, how far it got and (``command``) how to finish, unless complete."""
+        done = self.teacher_done(teacher)
+        if not done.all():
+            hint = f"; run `{command}`" if command else "; finish precompute first"
+            raise StoreError(f"{self.path}: teacher {teacher!r} has labels for {int(done.sum())}/{len(done)} "
+                             f"structures{hint}")
+
+    def copy_teacher_labels(self, source: HessianStore, teacher: str, indices: np.ndarray) -> None:
+        """Copy ``teacher``'s labels of structures ``indices`` from ``source`` (a store of the same structures, e.g.
+        a finished shard) verbatim: the group is created like the source's if missing, data first and completion
+        marks last, so a killed copy can be rerun."""
+        src = source.teacher_group(teacher)
+        attrs = dict(src.attrs)
+        dst = self.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
+                                  rows_per_structure=attrs.get("rows_per_structure"))
+        if "node_features" in src:
+            has_embeddings = "element_embeddings" in src
+            self.create_features(teacher, src["node_features"].shape[1],
+                                 src["element_z"][:] if has_embeddings else None,
+                                 src["element_embeddings"][:] if has_embeddings else None)
+        for j in indices:
+            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+            h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
+            dst["energy"][j], dst["asymmetry"][j] = src["energy"][j], src["asymmetry"][j]
+            dst["forces"][a:b] = src["forces"][a:b]
+            dst["hessian"][h0:h1] = src["hessian"][h0:h1]
+            if "hessian_row_index" in src:
+                dst["hessian_row_index"][j] = src["hessian_row_index"][j]
+            if "node_features" in src:
+                dst["node_features"][a:b] = src["node_features"][a:b]
+        self.file.flush()
+        dst["done"][np.asarray(indices)] = True
+        self.file.flush()
+
+    def _reader(self, teacher: str) -> dict:
+        """Open handles and small arrays of a teacher group, kept for this process's file: a training item reads
+        a structure's labels and rows with a few h5py calls instead of re-resolving every path."""
+        key = f"teachers/{teacher}"
+        self.file  # noqa: B018 (reopens the file, and empties this cache, in a forked worker)
+        if key not in self._readers:
+            g = self.teacher_group(teacher)
+            layout = g.attrs["hessian_layout"]
+            self._readers[key] = {
+                "layout": layout, "hessian": g["hessian"], "hessian_offsets": g["hessian_offsets"][:],
+                "energy": g["energy"], "forces": g["forces"], "done": g["done"],
+                "row_index": g["hessian_row_index"] if layout == "rows" else None}
+        return self._readers[key]
+
+    def teacher_labels(self, teacher: str, i: int) -> tuple[float, np.ndarray]:
+        """Teacher energy (eV) and forces (N, 3) eV/Å of structure i."""
+        r = self._reader(teacher)
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return float(r["energy"][i]), r["forces"][a:b]
+
+    def stored_rows(self, teacher: str, i: int) -> np.ndarray:
+        """Row indices of structure i's teacher Hessian held in the store (all 3N unless layout "rows")."""
+        r = self._reader(teacher)
+        if r["layout"] == "rows":
+            return r["row_index"][i].astype(np.int64)
+        return np.arange(3 * self.n_atoms(i))
+
+    def hessian(self, teacher: str, i: int) -> np.ndarray:
+        """Full teacher Hessian of structure i, (3N, 3N) eV/Å² (not available in layout "rows")."""
+        return self.hessian_rows(teacher, i, np.arange(3 * self.n_atoms(i)))
+
+    def hessian_rows(self, teacher: str, i: int, rows: np.ndarray) -> np.ndarray:
+        """Rows of structure i's teacher Hessian, (len(rows), 3N) float32 eV/Å².
+
+        One read of the structure's block when it is small (≤ ``BLOCK_READ`` values), else one read per row, so
+        a few rows of a large structure do not read its whole Hessian."""
+        r = self._reader(teacher)
+        if not r["done"][i]:
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} Hessian not computed yet; run precompute")
+        width = 3 * int(self.offsets[i + 1] - self.offsets[i])
+        h0, h1 = (int(x) for x in r["hessian_offsets"][i : i + 2])
+        data, layout, rows = r["hessian"], r["layout"], np.asarray(rows, dtype=np.int64)
+        if layout == "full":
+            if h1 - h0 <= BLOCK_READ:
+                out = data[h0:h1].reshape(width, width)[rows]
+            else:
+                out = np.stack([data[h0 + row * width : h0 + (row + 1) * width] for row in rows.tolist()])
+        elif layout == "upper":
+            upper, lower = _triangle(width)
+            full = np.empty((width, width), np.float32)
+            full[upper] = full[lower] = data[h0:h1]
+            out = full[rows]
+        else:
+            stored = r["row_index"][i]
+            where = {int(row): k for k, row in enumerate(stored)}
+            missing = [int(row) for row in rows if int(row) not in where]
+            if missing:
+                raise StoreError(f"{self.path}[{i}]: teacher {teacher} stores rows {sorted(stored.tolist())} only "
+                                 f"(layout 'rows'); asked for {missing}")
+            block = data[h0:h1].reshape(len(stored), width)
+            out = block[[where[int(row)] for row in rows]]
+        return out.astype(np.float32)

@@ -1,0 +1,134 @@
+"""The project's structure record and its conversions (ASE Atoms ⇄ Structure → PyG Data).
+
+Units: positions Å, cell Å, energy eV, forces eV/Å.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hessdistill.data.keys import StructureData
+
+
+class InvalidStructureError(ValueError):
+    """A structure that cannot be used; the message names where it came from and what is wrong."""
+
+
+@dataclass
+class Structure:
+    """One atomic configuration with optional reference labels.
+
+    z: (N,) atomic numbers; positions: (N, 3) Å; cell: (3, 3) Å (zeros when non-periodic);
+    pbc: (3,) bool; energy: eV or None; forces: (N, 3) eV/Å or None;
+    info: free metadata (e.g. molecule name, seed, frame); source: where it came from, for errors.
+    """
+
+    z: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
+    pbc: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=bool))
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.z = np.asarray(self.z, dtype=np.int64).reshape(-1)
+        self.positions = np.asarray(self.positions, dtype=np.float64)
+        self.cell = np.asarray(self.cell, dtype=np.float64).reshape(3, 3)
+        self.pbc = np.asarray(self.pbc, dtype=bool).reshape(3)
+        if self.forces is not None:
+            self.forces = np.asarray(self.forces, dtype=np.float64)
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.z.shape[0])
+
+    def validate(self, require_labels: bool = True) -> Structure:
+        """Raise InvalidStructureError naming ``source`` if shapes, values or labels are wrong."""
+        n = self.n_atoms
+        where = self.source
+        if n == 0:
+            raise InvalidStructureError(f"{where}: structure has no atoms")
+        if self.positions.shape != (n, 3):
+            raise InvalidStructureError(f"{where}: positions have shape {self.positions.shape}, expected ({n}, 3)")
+        if not np.isfinite(self.positions).all():
+            raise InvalidStructureError(f"{where}: positions contain NaN or inf")
+        if (self.z < 1).any() or (self.z > 118).any():
+            raise InvalidStructureError(f"{where}: atomic numbers out of range 1..118: {sorted(set(self.z.tolist()))}")
+        if require_labels:
+            if self.energy is None:
+                raise InvalidStructureError(f"{where}: missing reference energy")
+            if self.forces is None:
+                raise InvalidStructureError(f"{where}: missing reference forces")
+        if self.energy is not None and not np.isfinite(self.energy):
+            raise InvalidStructureError(f"{where}: energy is {self.energy}")
+        if self.forces is not None:
+            if self.forces.shape != (n, 3):
+                raise InvalidStructureError(f"{where}: forces have shape {self.forces.shape}, expected ({n}, 3)")
+            if not np.isfinite(self.forces).all():
+                raise InvalidStructureError(f"{where}: forces contain NaN or inf")
+        return self
+
+    @classmethod
+    def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0,
+                   length_unit: float = 1.0) -> Structure:
+        """Build from ASE Atoms; labels taken from an attached calculator's results or ``atoms.info``/``arrays``.
+
+        energy_unit / length_unit: factors converting the file's units to eV and Å.
+        """
+        energy = forces = None
+        calc = atoms.calc
+        if calc is not None and "energy" in calc.results:
+            energy = float(calc.results["energy"])
+        elif "energy" in atoms.info:
+            energy = float(atoms.info["energy"])
+        if calc is not None and "forces" in calc.results:
+            forces = np.array(calc.results["forces"])
+        elif "forces" in atoms.arrays:
+            forces = np.array(atoms.arrays["forces"])
+        if energy is not None:
+            energy *= energy_unit
+        if forces is not None:
+            forces = forces * energy_unit / length_unit
+        info = {k: v for k, v in atoms.info.items()
+                if k != "energy" and isinstance(v, (str, int, float, np.integer, np.floating))}
+        return cls(
+            z=atoms.numbers,
+            positions=atoms.positions * length_unit,
+            cell=np.asarray(atoms.cell) * length_unit,
+            pbc=atoms.pbc,
+            energy=energy,
+            forces=forces,
+            info=info,
+            source=source,
+        )
+
+    def to_atoms(self):
+        """ASE Atoms with energy and forces attached as a SinglePointCalculator."""
+        from ase import Atoms
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = Atoms(numbers=self.z, positions=self.positions, cell=self.cell, pbc=self.pbc, info=dict(self.info))
+        if self.energy is not None or self.forces is not None:
+            atoms.calc = SinglePointCalculator(atoms, energy=self.energy, forces=self.forces)
+        return atoms
+
+    def to_data(self, dtype: torch.dtype = torch.get_default_dtype()) -> StructureData:
+        """PyG Data: z (N,), pos (N, 3), cell (1, 3, 3), pbc (1, 3), natoms (1,), energy (1,), forces (N, 3)."""
+        data = StructureData(
+            z=torch.as_tensor(self.z, dtype=torch.long),
+            pos=torch.as_tensor(self.positions, dtype=dtype),
+            cell=torch.as_tensor(self.cell, dtype=dtype).unsqueeze(0),
+            pbc=torch.as_tensor(self.pbc).unsqueeze(0),
+            natoms=torch.tensor([self.n_atoms]),
+        )
+        if self.energy is not None:
+            data.energy = torch.tensor([self.energy], dtype=dtype)
+        if self.forces is not None:
+            data.forces = torch.as_tensor(self.forces, dtype=dtype)
+        return data

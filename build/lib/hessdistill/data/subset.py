@@ -1,0 +1,50 @@
+"""A subset config → its store: read the source, keep what the selectors accept, write the store once.
+
+The subset's ``source`` is a Hydra call of any reader in ``hessdistill.data.sources``; ``select`` is a list of
+selectors from ``hessdistill.data.selectors`` (all must accept a structure). The store records both, and a store
+made with a different selection is refused rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from hessdistill.data.selectors import select
+from hessdistill.data.store import HessianStore, StoreError, write_structures
+
+log = logging.getLogger(__name__)
+
+
+def _selection(subset: DictConfig) -> list:
+    chosen = subset.get("select")
+    return [] if chosen is None else OmegaConf.to_container(chosen, resolve=True)
+
+
+def build_store(subset: DictConfig) -> Path:
+    """Path of the subset's store, creating it from ``subset.source`` and ``subset.select`` when missing."""
+    path = Path(subset.store)
+    wanted = json.dumps(_selection(subset), sort_keys=True)
+    if path.exists():
+        with HessianStore(path) as store:
+            recorded = store.attributes.get("subset_select")
+        if recorded is not None and recorded != wanted:
+            raise StoreError(f"{path} was built with selection {recorded}, the subset config now asks for {wanted}; "
+                             f"delete the store or set subset.store to a new file")
+        return path
+    structures = hydra.utils.call(subset.source)
+    selectors = [hydra.utils.instantiate(s) for s in subset.get("select") or []]
+    kept = select(structures, selectors)
+    if not kept:
+        raise StoreError(f"subset {subset.name}: no structures of {len(structures)} from {subset.source.get('path')} "
+                         f"pass the selection {wanted}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    source = json.dumps(OmegaConf.to_container(subset.source, resolve=True), sort_keys=True)
+    write_structures(path, kept, attrs={"subset_name": str(subset.name), "subset_source": source,
+                                        "subset_select": wanted})
+    log.info("wrote %d of %d structures from %s to %s", len(kept), len(structures), subset.source.get("path"), path)
+    return path

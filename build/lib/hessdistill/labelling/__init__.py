@@ -1,0 +1,1 @@
+"""Making reference data: conformer sampling by teacher MD and DFT labelling (resumable)."""

@@ -1,0 +1,92 @@
+"""DistillModule: trains any student on the sum of its declared loss terms (``training.terms``).
+
+Undistilled, Hessian-KD, force-KD, energy-gradient and n2n runs are term lists of the same module; the a2a baseline
+is a student plugin (``training.plugins``). Labels arrive on the batch from the datamodule's label source (store or
+online teacher); the module never computes or reads them itself. Validation and test log the one metric set
+(``hessdistill.metrics``) of the student and, where the batch has teacher labels, of the teacher.
+"""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from hessdistill.metrics import batch_metrics
+from hessdistill.training.predictions import predict
+from hessdistill.training.terms import Loss
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
+DEFAULT_SCHEDULER = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True}
+
+
+def _plain(config) -> dict:
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+
+
+class DistillModule(L.LightningModule):
+    """student: a Hydra config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained.
+
+    terms: name → Hydra config of a ``LossTerm``. plugins: Hydra configs of student plugins (a2a), applied to the
+    student when the run is set up. optimizer / scheduler: Hydra configs with ``_partial_: true`` (the scheduler
+    steps on ``monitor``). row_strategy: how the student's Hessian rows are computed (``hessian.rows``).
+    """
+
+    def __init__(self, student: DictConfig | dict, terms: DictConfig | dict, plugins: list | None = None,
+                 optimizer: DictConfig | dict | None = None, scheduler: DictConfig | dict | None = None,
+                 monitor: str = "val/loss_ef", row_strategy: str = "auto") -> None:
+        super().__init__()
+        student, terms = _plain(student), _plain(terms)
+        plugins = [_plain(p) for p in plugins or []]
+        optimizer, scheduler = _plain(optimizer or DEFAULT_OPTIMIZER), _plain(scheduler or DEFAULT_SCHEDULER)
+        self.save_hyperparameters({"student": student, "terms": terms, "plugins": plugins, "optimizer": optimizer,
+                                   "scheduler": scheduler, "monitor": monitor, "row_strategy": row_strategy})
+        self.student = hydra.utils.instantiate(student)
+        self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
+
+    def prepare(self, datamodule) -> None:
+        """Fit what depends on the data, once, before training (and before a checkpoint is restored into the module):
+        the student's energy reference and scale from the training split, its plugins (teacher embeddings) and the
+        terms' own layers (feature projections). Plugins record what they read in the hyper-parameters, so
+        ``hessdistill.evaluation.checkpoint.load_student`` rebuilds the same student without the data."""
+        self.student.set_energy_statistics(*datamodule.energy_statistics())
+        for k, config in enumerate(self.hparams.plugins):
+            self.hparams.plugins[k] = hydra.utils.instantiate(config).apply(self.student, datamodule)
+        self.loss.setup(self.student, datamodule)
+
+    # ---- loss ----------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        n = batch.num_graphs
+        pred = predict(self.student, batch, self.loss.predictions, create_graph=True,
+                       strategy=self.hparams.row_strategy)
+        loss, values = self.loss(pred, batch)
+        self.log("train/loss", loss, batch_size=n, prog_bar=True)
+        for name, value in values.items():
+            self.log(f"train/{name}", value, batch_size=n)
+            self.log(f"train/weight_{name}", self.loss.weight(name), batch_size=n)
+        return loss
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+    def _evaluate(self, batch, prefix: str) -> None:
+        pred = predict(self.student, batch, {"force_jacobian_rows"}, create_graph=False,
+                       strategy=self.hparams.row_strategy)
+        metrics = batch_metrics(pred["energy"], pred["forces"], batch, pred.get("force_jacobian_rows"),
+                                self._weight("energy"), self._weight("forces"))
+        for name, (value, count) in metrics.items():
+            self.log(f"{prefix}/{name}", value, batch_size=count, sync_dist=True)
+
+    def _weight(self, name: str) -> float:
+        """λ of term ``name`` as configured (0 if the run has no such term): loss_ef uses the run's own λ_U, λ_F."""
+        return self.loss.initial_weights.get(name, 0.0)
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self):
+        # the student and the terms' own parameters (n2n projection); an online teacher is not part of the module
+        opt = hydra.utils.instantiate(self.hparams.optimizer)(self.parameters())
+        sched = hydra.utils.instantiate(self.hparams.scheduler)(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.monitor}}
