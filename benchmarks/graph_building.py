@@ -11,7 +11,6 @@ and 8 rattled bulk Si 3×3×3 supercells (216 atoms) at 5 Å. Machines are share
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import ase.io
 import torch
@@ -19,11 +18,12 @@ from ase.build import bulk
 from ase.neighborlist import primitive_neighbor_list
 from torch_geometric.data import Batch
 
+from hessdistill.config import dataset_path
 from hessdistill.data.graph import batch_radius_graph
 from hessdistill.data.structures import Structure
 from hessdistill.evaluation.speed import timed
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
+DEMO = dataset_path("demo/hcno_wb97x_631gd.extxyz")
 
 
 def cdist_edges(pos: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:

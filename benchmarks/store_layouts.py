@@ -20,18 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from hessdistill.config import dataset_path
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.data.store_compression import compress_store
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
+DEMO = dataset_path("demo/hcno_wb97x_631gd.extxyz")
 VARIANTS = [(layout, dtype, comp) for layout in ("full", "upper", "rows") for dtype in ("float32", "float16")
             for comp in (None, "gzip", "lzf")]
 
 
 def labelled_demo(workdir: Path) -> tuple[Path, str]:
     """The demo molecules with ANI-1x labels, in a store under ``workdir``."""
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
     from hessdistill.teachers.ani import ANITeacher
 
     path = workdir / "demo_ani1x.h5"

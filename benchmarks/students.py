@@ -13,7 +13,6 @@ Machines are shared and noisy: compare the ratios of one run.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import hydra
 import torch
@@ -21,12 +20,12 @@ from hydra import compose, initialize_config_dir
 from row_strategies import step
 from torch_geometric.data import Batch
 
-from hessdistill.config import CONFIG_DIR
+from hessdistill.config import CONFIG_DIR, dataset_path
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.evaluation.speed import speed_report, timed
 from hessdistill.hessian.rows import sample_batch_rows
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
+DEMO = dataset_path("demo/hcno_wb97x_631gd.extxyz")
 
 
 def build(name: str, force_mode: str, device: torch.device):

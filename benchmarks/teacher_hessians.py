@@ -29,15 +29,16 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
+from hessdistill.config import dataset_path
 from hessdistill.data.sources.ase_files import read_ase
 from hessdistill.data.store import HessianStore, write_structures
 from hessdistill.hessian.memory import MemoryBudget
 from hessdistill.hessian.rows import force_jacobian_rows, sample_batch_rows
-from hessdistill.precompute.batch_size import size_sorted
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.batch_size import size_sorted
+from hessdistill.teacher_step.run import precompute_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "data" / "demo" / "hcno_wb97x_631gd.extxyz"
+DEMO = dataset_path("demo/hcno_wb97x_631gd.extxyz")
 DEFAULT_MODEL = "../shared/teachers/mace_spice_test.model"
 
 

@@ -2,8 +2,25 @@
 by matching sampled rows of the teacher's energy Hessian (Amin, Raja, Krishnapriyan, ICLR 2025).
 
 Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian row index j = 3·atom + axis.
+
+    import hessdistill as hd     # the commands as functions: hd.precompute, hd.train, hd.evaluate, hd.predict,
+                                 # hd.load_calculator, hd.compose; hd.HessianStore (see hessdistill.api)
 """
 
 from hessdistill import config as _config  # noqa: F401  (registers the configs' resolvers)
 
 __version__ = "0.1.0"
+__all__ = ["HessianStore", "compose", "evaluate", "load_calculator", "precompute", "predict", "train"]
+
+
+def __getattr__(name: str):
+    """The API on first use: ``import hessdistill`` stays light for code that only needs a submodule."""
+    if name == "HessianStore":
+        from hessdistill.data.store import HessianStore
+
+        return HessianStore
+    if name in __all__:
+        from hessdistill import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hessdistill' has no attribute {name!r}")

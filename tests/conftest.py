@@ -119,7 +119,7 @@ def label_with(teacher, atoms_list, source: str = "test") -> list[Structure]:
 def write_labelled_store(path: Path, teacher, names=STORE_MOLECULES, per_molecule: int = 4, seed: int = 0,
                          stdev: float = 0.08) -> Path:
     """Write a tiny store of rattled molecules labelled by ``teacher`` and precompute its Hessians."""
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
 
     atoms_list = []
     for k, name in enumerate(names):

@@ -1,6 +1,7 @@
 """``hessdistill-evaluate``: one command for a trained student and its teacher on the same split.
 
-    hessdistill-evaluate checkpoint=outputs/demo_hcno-hessian/<run>/checkpoints/last.ckpt
+    hessdistill-evaluate run=outputs/demo_hcno-hessian/<time>    # that run's teacher, subset, split, checkpoint
+    hessdistill-evaluate checkpoint=outputs/demo_hcno-hessian/<time>/checkpoints/last.ckpt
 
 Writes into the run directory: ``metrics.json`` (everything), ``metrics.csv`` and ``metrics.md`` (the tables),
 ``parity.png`` (energy and force parity, student and teacher), ``md.png`` and ``spectra.png``. Sections: accuracy
@@ -19,8 +20,9 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hessdistill.cli.train import RUN_CONFIG
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
@@ -45,7 +47,27 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def with_training_run(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the teacher, subset, split file and checkpoint of the training run ``cfg.run`` (a run directory),
+    where ``cfg`` does not name its own checkpoint or split file."""
+    if cfg.run is None:
+        if cfg.checkpoint is None:
+            raise ValueError("hessdistill-evaluate needs checkpoint=<file> or run=<training run directory>")
+        return cfg
+    run_dir = Path(cfg.run)
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise FileNotFoundError(f"run={run_dir}: not a training run directory (no {RUN_CONFIG})")
+    trained = OmegaConf.load(run_dir / RUN_CONFIG)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.teacher, cfg.subset = trained.teacher, trained.subset
+        cfg.split_file = cfg.split_file or str(run_dir / "splits.json")
+        cfg.checkpoint = cfg.checkpoint or str(run_dir / "checkpoints" / "last.ckpt")
+    return cfg
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
+    cfg = with_training_run(cfg)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)

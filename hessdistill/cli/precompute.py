@@ -19,8 +19,8 @@ from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
 from hessdistill.devices import resolve_device, shard_device
-from hessdistill.precompute.run import precompute_teacher
-from hessdistill.precompute.shards import merge_shards, open_shard, parse_shard, shard_indices
+from hessdistill.teacher_step.run import precompute_teacher
+from hessdistill.teacher_step.shards import merge_shards, open_shard, parse_shard, shard_indices
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ run reads follows from what its loss terms declare (``training.terms``), from th
 ``teacher_mode=online``, from the teacher during training.
 
 Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
-split; point ``subset.split_file`` at it to reuse it) and ``run_info.json`` (git commit, package versions) into the
-run directory, beside Hydra's ``.hydra/config.yaml``. ``ckpt_path=…/last.ckpt`` resumes a run where it stopped
-(weights, optimiser, EMA, λ_KD halvings; shuffles and rows are seeded per epoch), reproducing its curve. The
-subset's store is built first if it does not exist.
+split; point ``subset.split_file`` at it to reuse it), ``run_info.json`` (git commit, package versions) and
+``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory.
+``ckpt_path=…/last.ckpt`` resumes a run where it stopped (weights, optimiser, EMA, λ_KD halvings; shuffles and rows
+are seeded per epoch), reproducing its curve. The subset's store is built first if it does not exist.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
@@ -38,6 +38,7 @@ from hessdistill.training.terms import Loss
 log = logging.getLogger(__name__)
 
 TEACHER_MODES = ("precomputed", "online")
+RUN_CONFIG = "config.yaml"  # the resolved config of a run, in its directory (what `hessdistill-evaluate run=` reads)
 
 
 def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
@@ -97,7 +98,7 @@ def write_run_info(output_dir: Path) -> dict:
     return info
 
 
-def callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
+def make_callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
     """The configured callbacks; a checkpoint callback without a dirpath writes into ``<run dir>/checkpoints``."""
     out = []
     for config in cfg.callbacks.values():
@@ -107,10 +108,12 @@ def callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
     return out
 
 
-def instantiate_logger(config: DictConfig):
-    """A configured logger; wandb, an optional dependency, is named with the extra that installs it when missing."""
+def instantiate_logger(config: DictConfig, output_dir: str):
+    """A configured logger writing into ``output_dir`` unless its ``save_dir`` says otherwise; wandb, an optional
+    dependency, is named with the extra that installs it when missing."""
+    extra = {"save_dir": output_dir} if config.get("save_dir") is None else {}
     try:
-        return hydra.utils.instantiate(config)
+        return hydra.utils.instantiate(config, **extra)
     except Exception as exc:  # Hydra wraps the logger's own ModuleNotFoundError
         if "wandb" in config._target_.lower() and isinstance(exc.__cause__, ImportError):
             raise ModuleNotFoundError(f"logger=wandb needs wandb ({exc.__cause__}): pip install 'hessdistill[wandb]'") \
@@ -129,15 +132,17 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")
     module.prepare(dm)
-    loggers = [instantiate_logger(c) for c in cfg.logger]
+    loggers = [instantiate_logger(c, output_dir) for c in cfg.logger]
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks(cfg, output_dir),
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=make_callbacks(cfg, output_dir),
                                       default_root_dir=output_dir, inference_mode=False)
     if main_process:
         write_run_info(Path(output_dir))
+        OmegaConf.save(cfg, Path(output_dir) / RUN_CONFIG, resolve=True)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
-              "epochs": trainer.current_epoch,
+              "epochs": trainer.current_epoch, "run_dir": str(output_dir),
+              "checkpoint": str(Path(output_dir) / "checkpoints" / "last.ckpt"),
               "final_weights": {name: module.loss.weight(name) for name in module.loss.terms}}
     if cfg.test:
         (test,) = trainer.test(module, datamodule=dm, verbose=False)

@@ -6,8 +6,8 @@ import numpy as np
 from ase.optimize import FIRE
 from tqdm import tqdm
 
-from hessdistill.evaluation.vibrations import harmonic_frequencies, model_hessian
-from hessdistill.integrations.ase_calculator import TorchCalculator
+from hessdistill.evaluation.vibrations import harmonic_frequencies
+from hessdistill.integrations.ase_calculator import TorchCalculator, model_hessian
 
 
 def relax(atoms, model, fmax: float = 0.05, steps: int = 500):

@@ -1,15 +1,9 @@
-"""Harmonic vibrational frequencies from a Hessian, and full Hessians of students and teachers."""
+"""Harmonic vibrational frequencies from a Hessian (the models' Hessians: ``TorchCalculator.get_hessian``)."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from ase import units
-from torch_geometric.data import Batch
-
-from hessdistill.data.structures import Structure
-from hessdistill.devices import module_device
-from hessdistill.hessian.rows import force_jacobian_rows
 
 # √(eV / (Å² amu)) in s⁻¹ (angular frequency), then wavenumbers ω / (2π c) in cm⁻¹
 _TO_WAVENUMBER = np.sqrt(units._e / (1e-20 * units._amu)) / (2 * np.pi * units._c * 100)
@@ -27,18 +21,3 @@ def harmonic_frequencies(hessian: np.ndarray, masses: np.ndarray, linear: bool |
     rigid = 3 if n_atoms == 1 else (5 if (n_atoms == 2 if linear is None else linear) else 6)
     keep = np.argsort(np.abs(wavenumbers))[rigid:]
     return np.sort(wavenumbers[keep])
-
-
-def model_hessian(model, atoms) -> np.ndarray:
-    """(3N, 3N) eV/Å² Hessian of a model at ``atoms``: a teacher's ``hessians``, or for a student −∂F/∂r from all
-    3N rows of its force Jacobian (symmetrised: a direct-force student's Jacobian need not be symmetric)."""
-    dtype = next(model.parameters()).dtype
-    batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(dtype)]).to(module_device(model))
-    if hasattr(model, "hessians"):
-        return model.hessians(batch).hessians[0].cpu().double().numpy()
-    with torch.enable_grad():
-        out = model(batch, create_graph=model.force_mode == "conservative")
-        rows = torch.arange(3 * len(atoms))[None]
-        jac = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=False, strategy="auto")
-    h = -jac.detach().reshape(3 * len(atoms), -1).cpu().double().numpy()
-    return 0.5 * (h + h.T)

@@ -2,8 +2,9 @@
 model code nor Hydra to run, and the small wrapper that builds its graph inputs and turns it back into energies
 and forces.
 
-The program maps (z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å) to atom energies (N,) eV and, for
-a direct-force student, forces (N, 3) eV/Å; a conservative student's forces are −∂U/∂r of the program's output by
+The program maps (z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å) to atom interaction energies (N,)
+eV (the per-element reference energies travel in the file's metadata and are added in float64) and, for a
+direct-force student, forces (N, 3) eV/Å; a conservative student's forces are −∂U/∂r of the program's output by
 autograd at run time. N and E are dynamic. A representation whose graph goes beyond edges declares
 ``extra_graph``, the dotted name of a function (edge_index, vectors) → tuple of index tensors (GemNet: its
 triplets): the program takes those as further inputs, with dynamic sizes, and ``ExportedStudent`` computes them
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from hessdistill.data.graph import batch_radius_graph
+from hessdistill.models.base import sum_energies
 
 META = "hessdistill.json"
 
@@ -64,7 +66,8 @@ def export_student(student, path: str | Path, example: Batch) -> Path:
         dims.append(tuple({0: Dim.AUTO} for _ in graph))
     program = export(AtomEnergies(student), args + graph, dynamic_shapes=tuple(dims))
     meta = {"force_mode": student.force_mode, "cutoff": student.cutoff, "max_neighbors": student.max_neighbors,
-            "dtype": str(dtype).removeprefix("torch."), "extra_graph": graph_name}
+            "dtype": str(dtype).removeprefix("torch."), "extra_graph": graph_name,
+            "atom_refs": student.atom_refs.double().tolist()}
     path = Path(path)
     torch.export.save(program, path, extra_files={META: json.dumps(meta)})
     return path
@@ -86,6 +89,7 @@ class ExportedStudent(nn.Module):
         meta = json.loads(extra[META])
         self.force_mode, self.cutoff, self.max_neighbors = meta["force_mode"], meta["cutoff"], meta["max_neighbors"]
         self.extra_graph = meta.get("extra_graph")
+        self.register_buffer("atom_refs", torch.tensor(meta["atom_refs"], dtype=torch.float64))
         self.register_buffer("_dtype_probe", torch.zeros((), dtype=getattr(torch, meta["dtype"])))
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
@@ -94,7 +98,8 @@ class ExportedStudent(nn.Module):
         graph = extra_graph(self.extra_graph, edge_index, _vectors(pos, edge_index, edge_shift.to(pos)))
         with torch.enable_grad():
             out = self.program(batch.z, pos, edge_index, edge_shift.to(pos), *graph)
-            energy = torch.zeros(batch.num_graphs, dtype=pos.dtype).index_add(0, batch.batch, out[0])
+            energy = sum_energies(out[0], batch.batch, batch.num_graphs) + sum_energies(
+                self.atom_refs[batch.z], batch.batch, batch.num_graphs)
             if self.force_mode == "conservative":
                 (grad,) = torch.autograd.grad(energy.sum(), pos)
                 return energy.detach(), -grad

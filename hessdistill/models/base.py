@@ -45,11 +45,18 @@ class AtomFeatures(NamedTuple):
 
 
 
+def sum_energies(atom_energy: Tensor, structure: Tensor, num_structures: int) -> Tensor:
+    """Σ of atom energies (N,) eV per structure, (B,) in float64 whatever their dtype: totals of ~10⁴ eV in float32
+    would keep only ~1 meV of resolution (and finite differences of them, none)."""
+    out = torch.zeros(num_structures, dtype=torch.float64, device=atom_energy.device)
+    return out.index_add(0, structure, atom_energy.double())
+
+
 class ForceField(nn.Module):
     """A student: representation + energy head + direct or conservative forces.
 
-    Energy U = Σ_i (scale · MLP(s_i) + ref[z_i]) in eV; ``atom_refs`` (119,) eV and ``scale`` (eV) are buffers set
-    from training statistics by ``set_energy_statistics``. Direct forces = scale · head(s, v) eV/Å.
+    Energy U = Σ_i (scale · MLP(s_i) + ref[z_i]) in eV, summed in float64; ``atom_refs`` (119,) eV and ``scale`` (eV)
+    are buffers set from training statistics by ``set_energy_statistics``. Direct forces = scale · head(s, v) eV/Å.
     """
 
     def __init__(self, representation: nn.Module, force_mode: ForceMode = "direct", cutoff: float = 5.0,
@@ -95,17 +102,18 @@ class ForceField(nn.Module):
 
     def atom_outputs(self, z: Tensor, pos: Tensor, edge_index: Tensor, edge_shift: Tensor,
                      edge_deform: Tensor | None = None, graph=None) -> tuple[Tensor, Tensor | None, AtomFeatures]:
-        """Atom energies (N,) eV, direct forces (N, 3) eV/Å (None for a conservative student) and the features,
-        from plain tensors: z (N,), pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å; edge_deform (E, 3, 3)
-        optionally maps every edge vector r → D r (homogeneous strain, for stress). graph: precomputed indices for
-        a representation that declares ``extra_graph`` (GemNet's triplets), else None."""
+        """Atom interaction energies (N,) eV — the per-element reference energies excluded (``reference_energy``) —,
+        direct forces (N, 3) eV/Å (None for a conservative student) and the features, from plain tensors: z (N,),
+        pos (N, 3) Å, edge_index (2, E), edge_shift (E, 3) Å; edge_deform (E, 3, 3) optionally maps every edge vector
+        r → D r (homogeneous strain, for stress). graph: precomputed indices for a representation that declares
+        ``extra_graph`` (GemNet's triplets), else None."""
         src, dst = edge_index
         vectors = pos[src] - pos[dst] + edge_shift
         if edge_deform is not None:
             vectors = torch.einsum("eij,ej->ei", edge_deform, vectors)
         extra = () if graph is None else (graph,)
         features = self.representation(z, vectors, edge_index, *extra)
-        atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1) + self.atom_refs[z]
+        atom_energy = self.scale * self.energy_head(features.scalars).squeeze(-1)
         if self.force_mode == "conservative":
             return atom_energy, None, features
         if features.vectors is not None:
@@ -117,10 +125,15 @@ class ForceField(nn.Module):
         weights = self.edge_force_head(features.edges)  # (E, 1): force on dst along r̂ = (r_src − r_dst)/d
         return atom_energy, self.scale * torch.zeros_like(pos).index_add(0, dst, weights * unit), features
 
+    def reference_energy(self, z: Tensor, structure: Tensor, num_structures: int) -> Tensor:
+        """Σ of each structure's per-element reference energies, (B,) float64 eV (z (N,), structure (N,) its index)."""
+        return sum_energies(self.atom_refs[z], structure, num_structures)
+
     def outputs(self, pos: Tensor, batch, create_graph: bool = False,
                 strain: Tensor | None = None) -> tuple[Tensor, Tensor, AtomFeatures]:
-        """Energies (B,) eV, forces (Ntot, 3) eV/Å and the representation's features, as functions of ``pos``
-        (Ntot, 3) Å, which must require grad for conservative forces. ``batch`` needs a graph (``ensure_graph``).
+        """Energies (B,) eV in float64, forces (Ntot, 3) eV/Å and the representation's features, as functions of
+        ``pos`` (Ntot, 3) Å, which must require grad for conservative forces. ``batch`` needs a graph
+        (``ensure_graph``).
         strain: (B, 3, 3) homogeneous deformation ε applied to every edge vector, r → (I + ε) r (for stress)."""
         deform = None
         if strain is not None:
@@ -128,8 +141,8 @@ class ForceField(nn.Module):
             deform = (eye + strain)[batch.batch[batch.edge_index[1]]]
         atom_energy, forces, features = self.atom_outputs(batch.z, pos, batch.edge_index, batch.edge_shift.to(pos),
                                                           deform)
-        energy = torch.zeros(batch.num_graphs, dtype=pos.dtype,
-                             device=pos.device).index_add(0, batch.batch, atom_energy)
+        energy = sum_energies(atom_energy, batch.batch, batch.num_graphs) + self.reference_energy(batch.z, batch.batch,
+                                                                                                 batch.num_graphs)
         if forces is None:
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
             forces = -grad
@@ -160,8 +173,16 @@ class ForceField(nn.Module):
         stress = d_strain / volume[:, None, None]
         return energy.detach(), forces.detach(), 0.5 * (stress + stress.transpose(1, 2))
 
+    def atom_energies(self, batch) -> Tensor:
+        """Inference: each atom's energy (Ntot,) eV in float64 (interaction + its element's reference), detached;
+        they sum to the structures' energies."""
+        batch = self.ensure_graph(batch)
+        with torch.enable_grad():
+            atom_energy, _, _ = self.atom_outputs(batch.z, batch.pos, batch.edge_index, batch.edge_shift.to(batch.pos))
+        return atom_energy.detach().double() + self.atom_refs[batch.z].double()
+
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
-        """Inference: energies (B,) eV and forces (Ntot, 3) eV/Å, detached (same protocol as teachers)."""
+        """Inference: energies (B,) eV (float64) and forces (Ntot, 3) eV/Å, detached (same protocol as teachers)."""
         with torch.enable_grad():
             out = self(batch)
         return out["energy"].detach(), out["forces"].detach()

@@ -1,5 +1,5 @@
-"""Frozen foundation-model teachers behind one small interface (``Teacher``)."""
+"""Frozen foundation-model teachers behind one small interface (``Teacher``, returning ``TeacherOutput``)."""
 
-from hessdistill.teachers.base import Teacher
+from hessdistill.teachers.base import AutogradTeacher, Teacher, TeacherOutput
 
-__all__ = ["Teacher"]
+__all__ = ["AutogradTeacher", "Teacher", "TeacherOutput"]

@@ -10,7 +10,7 @@ from conftest import label_with, make_batch, rattled
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.run import precompute_teacher
 
 
 @pytest.fixture

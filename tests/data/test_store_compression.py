@@ -15,7 +15,7 @@ from hessdistill.cli.precompute import run
 from hessdistill.data import store_compression
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.data.store_compression import compress_store
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.run import precompute_teacher
 
 MOLECULES = ["H2O", "NH3", "CH4", "CH3OH", "HCOOH", "C2H6"]
 

@@ -15,8 +15,8 @@ from conftest import rattled, tiny_painn
 from hessdistill.config import CONFIG_DIR
 from hessdistill.evaluation import speed
 from hessdistill.evaluation.relax import judge, relax
-from hessdistill.evaluation.vibrations import _TO_WAVENUMBER, harmonic_frequencies, model_hessian
-from hessdistill.integrations.ase_calculator import TorchCalculator
+from hessdistill.evaluation.vibrations import _TO_WAVENUMBER, harmonic_frequencies
+from hessdistill.integrations.ase_calculator import TorchCalculator, model_hessian
 
 
 def test_harmonic_frequency_of_a_spring_is_sqrt_k_over_mu():

@@ -24,7 +24,7 @@ from hessdistill.hessian.memory import (
     SavedTensorBytes,
     free_memory,
 )
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.run import precompute_teacher
 
 MOLECULES = ("CH3CH2OH", "C6H6", "CH4", "CH3COOH")
 

@@ -84,7 +84,7 @@ def test_periodic_students_train_on_chgnet_hessians(tmp_path, chgnet):
     from hessdistill.data.labels import StoredLabels
     from hessdistill.data.store import HessianStore, write_structures
     from hessdistill.data.structures import Structure
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
     from hessdistill.training.module import DistillModule
 
     cells = []

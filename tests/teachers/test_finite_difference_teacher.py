@@ -173,7 +173,7 @@ def test_precompute_records_raw_asymmetry_and_method(tmp_path, ani_teacher):
     from conftest import label_with, rattled
     from hessdistill.data.store import HessianStore, write_structures
     from hessdistill.integrations.ase_calculator import TorchCalculator
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
     from hessdistill.teachers.finite_difference import FiniteDifferenceTeacher
 
     path = tmp_path / "fd.h5"
@@ -199,7 +199,7 @@ def test_fd_rows_equal_full_fd_hessian_rows_and_feed_row_subset_precompute(tmp_p
     """k rows cost 2k force calls and equal the rows of the full FD Hessian (same step, symmetric teacher)."""
     from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
 
     fd = (FiniteDifferenceTeacher.from_teacher(ani_teacher, delta=1e-5) if batched else
           FiniteDifferenceTeacher(TorchCalculator(ani_teacher), elements=[1, 6, 7, 8], delta=1e-5))

@@ -9,7 +9,7 @@ from ase.units import Hartree
 
 from conftest import label_with, make_batch, rattled
 from hessdistill.data.store import HessianStore, StoreError, write_structures
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.run import precompute_teacher
 
 
 def test_ani_node_features_are_the_last_hidden_layer():

@@ -109,7 +109,7 @@ def test_ani_rejects_unsupported_elements_naming_the_structure(ani_teacher):
 def test_precompute_reports_store_index_of_unsupported_structure(tmp_path, ani_teacher):
     from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
 
     structures = label_with(ani_teacher, [rattled("H2O"), rattled("CH4")])
     sulfur = structures[0].__class__.from_atoms(rattled("SH2"))
@@ -125,7 +125,7 @@ def test_precompute_reports_store_index_of_unsupported_structure(tmp_path, ani_t
 def test_precompute_is_resumable_and_matches_teacher(tmp_path, ani_teacher):
     from conftest import label_with
     from hessdistill.data.store import HessianStore, write_structures
-    from hessdistill.precompute.run import precompute_teacher
+    from hessdistill.teacher_step.run import precompute_teacher
 
     atoms_list = [rattled("H2O", seed=1), rattled("NH3", seed=2), rattled("CH4", seed=3)]
     path = tmp_path / "s.h5"

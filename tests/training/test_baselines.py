@@ -15,7 +15,7 @@ from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.models.heads import ProjectedEmbedding
-from hessdistill.precompute.run import precompute_teacher
+from hessdistill.teacher_step.run import precompute_teacher
 
 pytest.importorskip("mace")
 

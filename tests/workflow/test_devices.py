@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import ase.io
 import numpy as np
 import pytest
 import torch
@@ -45,7 +46,7 @@ def recorded(monkeypatch):
         asked.append((spec, *shard))
         return torch.device("cpu")
 
-    for module in ("hessdistill.cli.precompute", "hessdistill.cli.evaluate"):
+    for module in ("hessdistill.cli.precompute", "hessdistill.cli.evaluate", "hessdistill.cli.predict"):
         monkeypatch.setattr(f"{module}.resolve_device", fake, raising=False)
     monkeypatch.setattr("hessdistill.cli.precompute.shard_device", fake)
     DeviceRecordingTeacher.moves.clear()
@@ -72,7 +73,7 @@ def test_precompute_moves_the_teacher_and_its_batches_to_the_setting(tmp_path, a
     assert ("auto", 2) in recorded  # shard 2 asks for its own device
 
 
-def test_evaluate_moves_student_and_teacher_to_the_setting(tmp_path, labelled_store, recorded, monkeypatch):
+def test_evaluate_and_predict_move_their_models_to_the_setting(tmp_path, labelled_store, recorded, monkeypatch):
     from hessdistill.cli import evaluate
     from hessdistill.cli.train import run as train
 
@@ -91,6 +92,15 @@ def test_evaluate_moves_student_and_teacher_to_the_setting(tmp_path, labelled_st
     evaluate.run(cfg, str(tmp_path / "eval"))
     assert recorded == [("cuda:1",)] and loaded == [torch.device("cpu")]
     assert DeviceRecordingTeacher.moves == [torch.device("cpu")]
+    # hessdistill-predict loads its student where device= says
+    from hessdistill.cli import predict
+
+    monkeypatch.setattr(predict, "load_student", lambda path, device: loaded.append(device) or real(path, device))
+    ase.io.write(tmp_path / "in.xyz", [rattled("H2O")])
+    predict.run(compose_config("predict", [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                                           f"input={tmp_path / 'in.xyz'}", f"output={tmp_path / 'out.xyz'}",
+                                           "device=cuda:0"]))
+    assert recorded[-1] == ("cuda:0",) and loaded[-1] == torch.device("cpu")
 
 
 def test_calculator_runs_where_it_is_told(ani_teacher):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,13 @@ def installed(tmp_path_factory) -> Path:
     site-packages through a .pth line (so nothing is downloaded, and this environment's editable install, whose own
     .pth is not processed there, cannot leak the checkout in)."""
     work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"  # a clean copy: a build never writes into, or reads stale files from, the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "hessdistill", source / "hessdistill", ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(work / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
+                    str(work / "dist"), str(source)], check=True, capture_output=True, timeout=600)
     (wheel,) = (work / "dist").glob("hessdistill-*.whl")
     env = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, timeout=120)

@@ -1,1 +1,0 @@
-"""Command-line entry points (thin: compose config, build objects, run)."""

@@ -1,1 +1,0 @@
-"""Data path: readers → Structure records → HDF5 store → datamodule (one way)."""

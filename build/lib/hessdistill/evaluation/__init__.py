@@ -1,1 +1,0 @@
-"""Evaluating a trained student against its teacher: accuracy on a store split, speed, relaxation, spectra."""

@@ -1,1 +1,0 @@
-"""Making reference data: conformer sampling by teacher MD and DFT labelling (resumable)."""

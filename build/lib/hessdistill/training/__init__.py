@@ -1,1 +1,0 @@
-"""Lightning glue: the DistillModule and its callbacks (the math lives in hessian.py and losses.py)."""
