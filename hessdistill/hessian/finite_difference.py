@@ -8,7 +8,7 @@ Default step δ, by the precision the model computes forces in (``default_delta`
 1e-3 Å in float32 or unknown (any ASE calculator) — near ε^(1/3) times the length scale, where
 central-difference truncation (∝ δ²) and round-off (∝ ε/δ) balance. Measured: relative Frobenius error
 ‖H_fd − H_autograd‖ / ‖H_autograd‖ against the autograd Hessian of the same model, worst of rattled H2O and
-NH3 (tests/test_finite_difference_teacher.py re-checks the MACE rows and ANI at 1e-3 and 1e-5 Å):
+NH3 (tests/teachers/test_finite_difference_teacher.py re-checks the MACE rows and ANI at 1e-3 and 1e-5 Å):
 
     δ (Å)                   1e-2     3e-3     1e-3     3e-4     1e-4     1e-5     1e-6     1e-7
     tiny MACE, float64      1.7e-3   1.5e-4   1.7e-5   1.5e-6   1.7e-7   1.7e-9   4.8e-10  3.3e-9

@@ -40,7 +40,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     batches win).
     chunk_size: VJP lanes per chunk of a full-Hessian call; None: all max_i 3N_i at once; "auto": as many as fit in
     ``memory_budget_gib`` GiB (None: half the device's free memory at each call), estimated from each batch's
-    graph (``hessdistill.lane_memory``). On CUDA out-of-memory the batch, then the chunk (or the memory budget), is
+    graph (``hessdistill.hessian.memory``). On CUDA out-of-memory the batch, then the chunk (or the memory budget), is
     halved and the batch retried.
     symmetry_tol (eV/Å²): a full Hessian whose max |H − Hᵀ| exceeds it is logged as a warning (stored anyway, with
     its asymmetry recorded) — a conservative teacher's Hessian is symmetric up to float precision.
