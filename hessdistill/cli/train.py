@@ -128,6 +128,10 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                            optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy)
     labels = label_source(cfg, module.loss)
     dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
+    empty = [name for name in ("train", "val") if len(dm.splits[name]) == 0]
+    if empty:  # found now, not after a full epoch: the scheduler and the checkpoints watch val/loss_ef
+        raise ValueError(f"{cfg.subset.store}: subset.split={list(cfg.subset.split)} leaves the {' and '.join(empty)} "
+                         f"split of its {len(dm.store)} structures empty")
     main_process = rank_zero_only.rank == 0  # under DDP every rank runs this function; one writes the files
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")

@@ -321,7 +321,13 @@ class HessianStore:
         else:
             packed = hessian[_triangle(3 * n)[0]] if layout == "upper" else hessian
             g["asymmetry"][i] = float(np.abs(hessian - hessian.T).max()) if asymmetry is None else asymmetry
-        g["hessian"][h0:h1] = packed.astype(g["hessian"].dtype).reshape(-1)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+            stored = packed.astype(g["hessian"].dtype)
+        if not np.isfinite(stored).all():  # float16 overflows above 65504 eV/Å² into inf
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} Hessian entries up to {np.abs(hessian).max():.4g} "
+                             f"eV/Å² do not fit the store's {stored.dtype} (max {np.finfo(stored.dtype).max:.4g}); "
+                             f"store this teacher with storage.dtype=float32")
+        g["hessian"][h0:h1] = stored.reshape(-1)
         if node_features is not None:
             g["node_features"][a:b] = node_features
         self.file.flush()
@@ -470,4 +476,7 @@ class HessianStore:
                                  f"(layout 'rows'); asked for {missing}")
             block = data[h0:h1].reshape(len(stored), width)
             out = block[[where[int(row)] for row in rows]]
+        if not np.isfinite(out).all():
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} has non-finite Hessian entries in rows "
+                             f"{rows.tolist()} although they are marked done; relabel this teacher")
         return out.astype(np.float32)

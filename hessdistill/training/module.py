@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.metrics import batch_metrics
@@ -60,6 +61,11 @@ class DistillModule(L.LightningModule):
         pred = predict(self.student, batch, self.loss.predictions, create_graph=True,
                        strategy=self.hparams.row_strategy)
         loss, values = self.loss(pred, batch)
+        if not bool(torch.isfinite(loss)):  # a non-finite step would poison the weights, the EMA and every metric
+            raise FloatingPointError(
+                f"training loss is {float(loss)} at epoch {self.current_epoch}, step {self.global_step} (terms: "
+                f"{ {k: float(v) for k, v in values.items()} }; structures {batch.idx.tolist()}): check those "
+                f"structures' labels, or lower the learning rate or a term's weight")
         self.log("train/loss", loss, batch_size=n, prog_bar=True)
         for name, value in values.items():
             self.log(f"train/{name}", value, batch_size=n)
