@@ -29,8 +29,9 @@ class DistillModule(L.LightningModule):
     """student: a Hydra config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained.
 
     terms: name → Hydra config of a ``LossTerm``. plugins: Hydra configs of student plugins (a2a), applied to the
-    student when the run is set up. optimizer / scheduler: Hydra configs with ``_partial_: true`` (the scheduler
-    steps on ``monitor``). row_strategy: how the student's Hessian rows are computed (``hessian.rows``).
+    student by ``prepare``, which a run calls once with its datamodule before training. optimizer / scheduler: Hydra
+    configs with ``_partial_: true`` (the scheduler steps on ``monitor``). row_strategy: how the student's Hessian
+    rows are computed (``hessian.rows``).
     """
 
     def __init__(self, student: DictConfig | dict, terms: DictConfig | dict, plugins: list | None = None,
