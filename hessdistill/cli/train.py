@@ -49,7 +49,7 @@ def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
         raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {cfg.teacher_mode!r}")
     needed = sorted(field for field in loss.targets if field.startswith("teacher_"))
     if cfg.teacher_mode == "online":
-        source = OnlineLabels(hydra.utils.instantiate(cfg.teacher), cfg.row_strategy)
+        source = OnlineLabels(hydra.utils.instantiate(cfg.teacher), cfg.teacher_row_strategy)
     else:
         name = cfg.teacher.name
         with HessianStore(cfg.subset.store) as store:

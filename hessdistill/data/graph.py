@@ -15,6 +15,7 @@ abruptly as atoms move, so the energy surface becomes discontinuous (bad for Hes
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -120,3 +121,29 @@ def batch_radius_graph(batch, cutoff: float, max_neighbors: int | None = None) -
         edges.append(edge_index + ptr[g])
         shifts.append(shift)
     return _capped(torch.cat(edges, dim=1), torch.cat(shifts), pos, max_neighbors)
+
+
+class TiledGraph(NamedTuple):
+    """``copies`` copies of a batch's graph side by side, as ``ForceField.outputs`` reads a batch: z (c·Ntot,),
+    batch (c·Ntot,) structure index (copy k's structure i is k·B + i), num_graphs c·B, edge_index (2, c·E) and
+    edge_shift (c·E, 3) Å. Atom a of copy k is row k·Ntot + a."""
+
+    z: Tensor
+    batch: Tensor
+    num_graphs: int
+    edge_index: Tensor
+    edge_shift: Tensor
+
+
+def tile_graph(batch, copies: int) -> TiledGraph:
+    """The graph of a batch (with ``edge_index``/``edge_shift``) repeated ``copies`` times, for evaluating a model at
+    several displaced copies of the same structures in one forward (finite-difference Hessian rows). The edges stay
+    those of the undisplaced batch: the copies are displaced by far less than any smooth cutoff envelope resolves."""
+    n_atoms, n_edges = batch.z.shape[0], batch.edge_index.shape[1]
+    copy = torch.arange(copies, device=batch.z.device)
+    edge_offset = (copy * n_atoms).repeat_interleave(n_edges)
+    return TiledGraph(z=batch.z.repeat(copies),
+                      batch=(batch.batch[None, :] + batch.num_graphs * copy[:, None]).reshape(-1),
+                      num_graphs=copies * batch.num_graphs,
+                      edge_index=batch.edge_index.repeat(1, copies) + edge_offset,
+                      edge_shift=batch.edge_shift.repeat(copies, 1))

@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor, nn
 
-from hessdistill.data.graph import batch_radius_graph
+from hessdistill.data.graph import batch_radius_graph, tile_graph
 from hessdistill.models.heads import GatedEquivariantBlock, ProjectedEmbedding, mlp
 
 ForceMode = Literal["direct", "conservative"]
@@ -147,6 +147,16 @@ class ForceField(nn.Module):
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
             forces = -grad
         return energy, forces, features
+
+    def outputs_at(self, positions: Tensor, batch, create_graph: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch evaluated at c sets of positions in one forward: positions (c, Ntot, 3) Å (differentiable; a
+        conservative student needs them to depend on a leaf that requires grad) → energies (c, B) eV (float64), forces
+        (c, Ntot, 3) eV/Å and final atom scalars (c, Ntot, F). Every copy keeps the batch's graph (``tile_graph``).
+        Used for finite-difference Hessian rows: the displaced copies run in the same forward as the batch."""
+        c, n = positions.shape[0], positions.shape[1]
+        energy, forces, features = self.outputs(positions.reshape(c * n, 3), tile_graph(batch, c), create_graph)
+        return (energy.view(c, batch.num_graphs), forces.view(c, n, 3),
+                features.scalars.view(c, n, features.scalars.shape[-1]))
 
     def forward(self, batch, create_graph: bool = False) -> dict[str, Tensor]:
         """energy (B,) eV, forces (Ntot, 3) eV/Å, pos (Ntot, 3): the leaf the outputs depend on, and node_features

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hessdistill.hessian.student_rows import resolve_student_strategy
 from hessdistill.metrics import batch_metrics
 from hessdistill.training.predictions import predict
 from hessdistill.training.terms import Loss
@@ -30,8 +31,8 @@ class DistillModule(L.LightningModule):
 
     terms: name → Hydra config of a ``LossTerm``. plugins: Hydra configs of student plugins (a2a), applied to the
     student by ``prepare``, which a run calls once with its datamodule before training. optimizer / scheduler: Hydra
-    configs with ``_partial_: true`` (the scheduler steps on ``monitor``). row_strategy: how the student's Hessian
-    rows are computed (``hessian.rows``).
+    configs with ``_partial_: true`` (the scheduler steps on ``monitor``). row_strategy: how the student's training
+    Hessian rows are computed (``hessian.student_rows``).
     """
 
     def __init__(self, student: DictConfig | dict, terms: DictConfig | dict, plugins: list | None = None,
@@ -44,6 +45,7 @@ class DistillModule(L.LightningModule):
         self.save_hyperparameters({"student": student, "terms": terms, "plugins": plugins, "optimizer": optimizer,
                                    "scheduler": scheduler, "monitor": monitor, "row_strategy": row_strategy})
         self.student = hydra.utils.instantiate(student)
+        resolve_student_strategy(row_strategy, torch.device("cpu"), self.student.force_mode)  # a bad name fails here
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
 
     def prepare(self, datamodule) -> None:

@@ -1,29 +1,129 @@
 """What a student predicts for a batch, computed only as far as asked: energy, forces and node features from its
 forward, and on request the energy gradient of a direct-force student and its force-Jacobian rows at the batch's
-sampled rows (``hessian.rows``). Shared by training, validation and evaluation."""
+sampled rows, by the run's row strategy while training (``hessian.student_rows``) and by exact VJPs otherwise.
+Shared by training, validation and evaluation."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import Tensor
 
-from hessdistill.hessian.rows import RowStrategy, force_jacobian_rows
+from hessdistill.hessian.finite_difference import finite_difference_lanes, lane_offsets, lane_steps
+from hessdistill.hessian.forward_mode import jvp_lanes
+from hessdistill.hessian.rows import force_jacobian_rows, row_lanes
+from hessdistill.hessian.student_rows import StudentRowStrategy, fd_step, resolve_student_strategy
+
+log = logging.getLogger(__name__)
+JVP_FALLBACKS = {"count": 0}  # how often a requested jvp fell back to VJP rows (an op without a forward-mode rule)
+JVP_TRUSTED: dict[tuple[str, str], str | None] = {}  # (representation, force mode) → None, or why jvp is not used
 
 
 def predict(student, batch, wanted: frozenset[str] | set[str], create_graph: bool,
-            strategy: RowStrategy = "auto") -> dict[str, Tensor]:
+            strategy: StudentRowStrategy = "auto") -> dict[str, Tensor]:
     """energy (B,) eV, forces (Ntot, 3) eV/Å, node_features (Ntot, F_s), pos (Ntot, 3) (the leaf they depend on) and,
     if ``wanted``, energy_gradient_forces −∇Û (Ntot, 3) eV/Å and force_jacobian_rows (s, Ntot, 3) eV/Å² at
     ``batch.sampled_rows`` (skipped when the batch has none). create_graph: keep every prediction differentiable
-    w.r.t. the student's parameters (training); otherwise they are computed without a graph beyond what rows need."""
+    w.r.t. the student's parameters (training, whose rows follow ``strategy``); otherwise they are computed without a
+    graph beyond what rows need, and rows are exact VJPs whatever the strategy."""
     rows = "force_jacobian_rows" in wanted and hasattr(batch, "sampled_rows")
     with torch.enable_grad():
-        out = student(batch, create_graph=create_graph or (rows and student.force_mode == "conservative"))
+        if rows and create_graph:
+            out = _with_rows(student, batch, resolve_student_strategy(strategy, batch.pos.device, student.force_mode))
+        else:
+            out = student(batch, create_graph=create_graph or (rows and student.force_mode == "conservative"))
+            if rows:
+                out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows,
+                                                                 batch.ptr, create_graph=False)
         if "energy_gradient_forces" in wanted:
             (grad,) = torch.autograd.grad(out["energy"].sum(), out["pos"], create_graph=create_graph,
                                           retain_graph=True)
             out["energy_gradient_forces"] = -grad
-        if rows:
-            out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows, batch.ptr,
-                                                             create_graph=create_graph, strategy=strategy)
     return out if create_graph else {k: v.detach() for k, v in out.items()}
+
+
+def _with_rows(student, batch, strategy: str) -> dict[str, Tensor]:
+    """Training predictions with differentiable rows by ``strategy`` (resolved)."""
+    if strategy in ("fd", "fd_central"):
+        return _finite_difference_rows(student, batch, strategy)
+    if strategy == "jvp":
+        try:
+            return _forward_mode_rows(student, batch)
+        except (NotImplementedError, RuntimeError) as exc:  # an op without a usable forward-mode rule: never silently
+            JVP_FALLBACKS["count"] += 1
+            (log.warning if JVP_FALLBACKS["count"] == 1 else log.debug)(
+                "forward-mode rows of %s failed (%s); computing them by VJPs instead (fallback #%d)",
+                _kind(student), str(exc).splitlines()[0][:200], JVP_FALLBACKS["count"])
+            strategy = "loop"
+    out = student(batch, create_graph=True)
+    out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows, batch.ptr,
+                                                     create_graph=True, strategy=strategy)
+    return out
+
+
+def _finite_difference_rows(student, batch, strategy: str) -> dict[str, Tensor]:
+    """The batch and its displaced copies (s forward, and s backward for ``fd_central``) in one forward."""
+    batch = student.ensure_graph(batch)
+    pos = batch.pos.detach().requires_grad_(True)
+    lanes = row_lanes(batch.sampled_rows, batch.ptr, dtype=pos.dtype)
+    step = fd_step(pos.dtype, strategy)
+    offsets = [pos.new_zeros(1, *pos.shape), lane_offsets(pos, lanes, step)]
+    if strategy == "fd_central":
+        offsets.append(lane_offsets(pos, lanes, -step))
+    energy, forces, scalars = student.outputs_at(pos + torch.cat(offsets), batch, create_graph=True)
+    s = lanes.shape[0]
+    forward_steps = lane_steps(offsets[1], batch.batch, batch.num_graphs)
+    if strategy == "fd":
+        jacobian = finite_difference_lanes(forces[1:], forward_steps, forces[:1])
+    else:
+        jacobian = finite_difference_lanes(forces[1:1 + s], forward_steps, forces[1 + s:],
+                                           lane_steps(offsets[2], batch.batch, batch.num_graphs))
+    return {"energy": energy[0], "forces": forces[0], "pos": pos, "node_features": scalars[0],
+            "force_jacobian_rows": jacobian}
+
+
+def _forward_mode_rows(student, batch) -> dict[str, Tensor]:
+    """One dual forward per row (``hessian.forward_mode``); the first one's primal outputs are the batch's."""
+    kind = _kind(student)
+    if JVP_TRUSTED.get(kind) is not None:
+        raise RuntimeError(JVP_TRUSTED[kind])
+    batch = student.ensure_graph(batch)
+    pos = batch.pos.detach().requires_grad_(True)
+    lanes = row_lanes(batch.sampled_rows, batch.ptr, dtype=pos.dtype)
+
+    def outputs(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        energy, forces, features = student.outputs(p, batch, create_graph=True)
+        return energy, forces, features.scalars
+
+    (energy, forces, scalars), jacobian = jvp_lanes(outputs, pos, lanes, output=1)
+    if kind not in JVP_TRUSTED:
+        JVP_TRUSTED[kind] = _forward_mode_fault(student, pos, forces, lanes[0], jacobian[0])
+        if JVP_TRUSTED[kind] is not None:
+            raise RuntimeError(JVP_TRUSTED[kind])
+    return {"energy": energy, "forces": forces, "pos": pos, "node_features": scalars, "force_jacobian_rows": jacobian}
+
+
+def _forward_mode_fault(student, pos: Tensor, forces: Tensor, lane: Tensor, tangent: Tensor) -> str | None:
+    """Checked once per kind of student, on its first batch: why its forward-mode rows cannot be used, or None.
+
+    Two ways they fail without an error of their own: tangents that are wrong (an op's forward-mode formula; found in
+    mace-torch's direct-force student), caught by the adjoint test uᵀ(J v) = (uᵀJ) v against one VJP with a random u;
+    and a backward through the tangents that fails (torch 2.13: vector_norm's formula under a conservative student).
+    """
+    u = torch.randn(forces.shape, generator=torch.Generator().manual_seed(0), dtype=forces.dtype).to(forces.device)
+    (vjp,) = torch.autograd.grad(forces, pos, u, retain_graph=True)
+    forward, reverse = float((u * tangent).sum()), float((vjp * lane).sum())
+    bound = float(u.norm() * tangent.norm()) + float(vjp.norm() * lane.norm())
+    if abs(forward - reverse) > 1e-4 * bound:
+        return (f"forward-mode tangents fail the adjoint test: uᵀ(Jv) = {forward:.6g}, (uᵀJ)v = {reverse:.6g}")
+    leaves = [pos, *(p for p in student.parameters() if p.requires_grad)]  # what the loss backward reaches
+    try:
+        torch.autograd.grad(tangent.square().sum(), leaves, retain_graph=True, allow_unused=True)
+    except RuntimeError as exc:
+        return f"the backward of forward-mode rows fails: {str(exc).splitlines()[0]}"
+    return None
+
+
+def _kind(student) -> tuple[str, str]:
+    return type(student.representation).__name__, student.force_mode

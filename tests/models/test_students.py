@@ -14,8 +14,11 @@ from scipy.spatial.transform import Rotation
 from conftest import make_batch, rattled
 from hessdistill import losses
 from hessdistill.config import CONFIG_DIR
+from hessdistill.hessian import student_rows
 from hessdistill.hessian.finite_difference import finite_difference_force_jacobian
 from hessdistill.hessian.rows import VMAP_FALLBACKS, force_jacobian_rows, sample_batch_rows
+from hessdistill.training import predictions
+from hessdistill.training.predictions import predict
 
 FORCE_MODES = ("direct", "conservative")
 TINY = {  # student config name → tiny hyper-parameters (same code paths as the defaults)
@@ -55,10 +58,11 @@ def graph_batch(model, atoms_list):
 
 
 def kd_loss(model, batch, rows, target, strategy):
-    """The Hessian-KD term of a training step (create_graph: differentiable w.r.t. the parameters)."""
-    out = model(batch, create_graph=True)
-    student = force_jacobian_rows(out["forces"], out["pos"], rows, batch.ptr, create_graph=True, strategy=strategy)
-    return losses.hessian_kd_loss(student, target, batch.batch, batch.num_graphs)
+    """The Hessian-KD term of a training step with the student's rows by ``strategy`` (differentiable w.r.t. the
+    parameters, as in training)."""
+    batch.sampled_rows = rows
+    student = predict(model, batch, {"force_jacobian_rows"}, create_graph=True, strategy=strategy)
+    return losses.hessian_kd_loss(student["force_jacobian_rows"], target, batch.batch, batch.num_graphs)
 
 
 def force_fn(model, batch):
@@ -88,15 +92,19 @@ def test_rows_match_autograd_jacobian_and_finite_differences(name, force_mode):
     assert asym < 1e-9 if force_mode == "conservative" else asym > 1e-3  # −H symmetric; a force head's is not
 
 
+@pytest.mark.parametrize("strategy", ["loop", "jvp", "fd"])
 @pytest.mark.parametrize("name, force_mode", STUDENTS)
-def test_kd_loss_parameter_gradient_matches_finite_differences(name, force_mode):
+def test_kd_loss_parameter_gradient_matches_finite_differences(name, force_mode, strategy, monkeypatch):
+    # the gradient of the fd loss is exact for any step; at the float64 default (1e-7 Å) the loss carries round-off
+    # ~1e-9 that a parameter difference quotient would amplify, so the check takes a coarse step
+    monkeypatch.setitem(student_rows.FD_STEP, (torch.float64, "fd"), 1e-3)
     model = build(name, force_mode)
     batch = graph_batch(model, molecules())
     rows = sample_batch_rows(batch.natoms, 2, torch.Generator().manual_seed(5))
     target = torch.randn(2, batch.pos.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
     def loss():
-        return kd_loss(model, batch, rows, target, "loop")
+        return kd_loss(model, batch, rows, target, strategy)
 
     params = [p for n, p in model.representation.named_parameters() if p.dim() == 2 and "embedding" not in n]
     checked = 0
@@ -135,6 +143,41 @@ def test_kd_parameter_gradients_through_vmap_equal_the_loop(name, force_mode):
     torch.testing.assert_close(grads["vmap"], grads["loop"], atol=1e-10, rtol=1e-8)
     assert grads["loop"].abs().max() > 0
     assert VMAP_FALLBACKS["count"] == fallbacks  # vmap really ran (no silent loop fallback)
+
+
+# relative error of each training strategy's rows against the exact Jacobian columns, in float64: jvp is exact;
+# fd (h = 1e-7 Å) and fd_central (h = 1e-6 Å) err by ≤ 3e-7 and ≤ 1e-9 in the step table of hessian.student_rows
+COLUMN_TOLERANCE = {"jvp": 1e-9, "fd": 1e-5, "fd_central": 1e-7}
+
+
+@pytest.mark.parametrize("name, force_mode", STUDENTS)
+def test_training_row_strategies_give_the_jacobian_columns(name, force_mode):
+    """jvp and finite differences displace coordinate j: they give column j of the force Jacobian, ∂F/∂r_j, which is
+    the row for a conservative student (J = −H) and, for a direct one, what the authors match to the teacher's rows."""
+    model = build(name, force_mode)
+    batch = graph_batch(model, molecules())
+    batch.sampled_rows = sample_batch_rows(batch.natoms, 3, torch.Generator().manual_seed(3))
+    n = batch.pos.shape[0]
+    jac = torch.autograd.functional.jacobian(force_fn(model, batch), batch.pos.clone()).reshape(3 * n, 3 * n)
+    flat = 3 * batch.ptr[:-1, None] + batch.sampled_rows
+    columns = torch.stack([jac[:, flat[:, k]].sum(1) for k in range(3)])  # structures' blocks are disjoint
+    scale = float(columns.abs().max())
+    assert scale > 1e-4
+    rows = torch.stack([jac[flat[:, k]].sum(0) for k in range(3)])
+    # forward mode is refused, counted, for a conservative student (the backward through its tangents hits a
+    # forward-mode formula torch cannot differentiate again) and for mace-torch's direct student (its tangents fail
+    # the adjoint test): those fall back to VJP rows
+    falls_back = force_mode == "conservative" or name == "mace"
+    fallbacks = predictions.JVP_FALLBACKS["count"]
+    for strategy, tolerance in COLUMN_TOLERANCE.items():
+        got = predict(model, batch, {"force_jacobian_rows"}, create_graph=True, strategy=strategy)
+        expected = rows if strategy == "jvp" and falls_back else columns
+        torch.testing.assert_close(got["force_jacobian_rows"].detach().reshape(3, -1), expected,
+                                   atol=tolerance * scale, rtol=0, msg=strategy)
+        plain = model(batch)
+        torch.testing.assert_close(got["forces"].detach(), plain["forces"].detach(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(got["energy"].detach(), plain["energy"].detach(), atol=1e-10, rtol=0)
+    assert predictions.JVP_FALLBACKS["count"] == fallbacks + falls_back
 
 
 @pytest.mark.parametrize("name, force_mode", STUDENTS)

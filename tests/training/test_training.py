@@ -50,15 +50,18 @@ def tiny_trainer(max_epochs: int, callbacks=()) -> L.Trainer:
                      enable_model_summary=False)
 
 
-@pytest.mark.parametrize("force_mode", ["direct", "conservative"])
-def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_path, monkeypatch):
+@pytest.mark.parametrize("force_mode, row_strategy", [("direct", "auto"), ("conservative", "auto"), ("direct", "fd"),
+                                                       ("conservative", "fd_central"), ("direct", "jvp")])
+def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, row_strategy, tmp_path, monkeypatch):
+    """Every row strategy trains; validation scores exact VJP rows whichever computed the training rows."""
     monkeypatch.chdir(tmp_path)  # anything Lightning writes lands in tmp_path
     L.seed_everything(0)
     dm = StoreDataModule(str(labelled_store), labels=StoredLabels("ani1x"), rows=2, batch_size=4, eval_batch_size=8,
                          split=(0.75, 0.25, 0.0), cutoff=4.0)
     module = DistillModule({**TINY_STUDENT, "force_mode": force_mode},
                            distill_terms(energy=1.0, forces=10.0, hessian=1.0, energy_grad=0.0),
-                           optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-3})
+                           optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-3},
+                           row_strategy=row_strategy)
     module.prepare(dm)
     losses = EpochLosses()
     trainer = tiny_trainer(15, [losses])
@@ -67,8 +70,10 @@ def test_tiny_hessian_distillation_run_learns(labelled_store, force_mode, tmp_pa
     (after,) = trainer.validate(module, datamodule=dm, verbose=False)
 
     assert len(losses.epochs) == 15
-    assert sum(losses.epochs[-3:]) / 3 < 0.5 * losses.epochs[0]
-    assert sum(losses.kd[-3:]) / 3 < 0.5 * losses.kd[0]
+    # a direct student's jvp/fd rows are Jacobian columns: another objective, whose 15-epoch curve is noisier
+    falls = 0.75 if force_mode == "direct" and row_strategy in ("fd", "jvp") else 0.5
+    assert sum(losses.epochs[-3:]) / 3 < falls * losses.epochs[0]
+    assert sum(losses.kd[-3:]) / 3 < falls * losses.kd[0]
     assert after["val/loss_ef"] < 0.5 * before["val/loss_ef"]
     assert after["val/hessian_mae"] < 0.8 * before["val/hessian_mae"]
     assert before["val/teacher_loss_ef"] == 0.0  # the store's reference labels are the teacher's own
