@@ -24,7 +24,10 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
     /teachers/<name>/node_features    (A, F) float32     optional: teacher node features (n2n baseline)
     /teachers/<name>/element_z, element_embeddings  (E,), (E, F_e)  optional: element embeddings (a2a baseline)
 
-A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely.
+A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely. Every change
+to the file's structure (a new store, teacher group or node features) is written into a side file and renamed over
+the store (``store_files``), so a failed write leaves the store as it was; the index arrays are checked against the
+datasets before they are used (``store_checks``).
 """
 
 from __future__ import annotations
@@ -33,18 +36,20 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from hessdistill.data.splits import store_fingerprint
+from hessdistill.data.store_checks import LAYOUTS, check_structures, check_teacher, hessian_sizes
+from hessdistill.data.store_files import StoreError, open_h5, replacing, require_space
 from hessdistill.data.structures import Structure
 
 FORMAT = "hessdistill-store"
-LAYOUTS = ("full", "upper", "rows")
 VERSION = 1
+METADATA_BYTES = 2**20  # room for a rebuilt store's HDF5 metadata, on top of its datasets
 BLOCK_READ = 2**16  # a full-layout Hessian block up to this many values is read whole (256 KiB of float32)
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
 
@@ -58,16 +63,17 @@ def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dat
     return group.create_dataset(name, shape, dtype, dcpl=dcpl)
 
 
+def _nbytes(datasets: dict[str, tuple[tuple, object]]) -> int:
+    """Bytes of datasets given as name → (shape, dtype)."""
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in datasets.values())
+
+
 @functools.lru_cache(maxsize=64)
 def _triangle(width: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Indices of the upper triangle of a (width, width) matrix row by row (the "upper" layout's order), and the
     same entries' mirror images (i, j) → (j, i)."""
     i, j = np.triu_indices(width)
     return (i, j), (j, i)
-
-
-class StoreError(ValueError):
-    """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
 
 
 def write_structures(path: str | Path, structures: Sequence[Structure], overwrite: bool = False,
@@ -116,17 +122,18 @@ class HessianStore:
         self.mode = mode
         self._file: h5py.File | None = None
         self._readers: dict[str, dict] = {}
+        self._checked: set[str] = set()  # teacher groups whose index arrays were checked (``check_teacher``)
         self._pid = os.getpid()
         f = self.file
         if f.attrs.get("format") != FORMAT:
             raise StoreError(f"{self.path} is not a hessdistill store (format attribute {f.attrs.get('format')!r})")
-        self.offsets = f["structures/offsets"][:]
+        self.offsets = check_structures(self.path, f)
 
     @property
     def file(self) -> h5py.File:
         """The open h5py file of *this* process (a DataLoader worker forked with a handle reopens its own)."""
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, self.mode)
+            self._file = open_h5(self.path, self.mode)
             self._pid = os.getpid()
             self._readers = {}
         return self._file
@@ -135,7 +142,7 @@ class HessianStore:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._readers = {}
+        self._readers, self._checked = {}, set()
 
     def __enter__(self) -> HessianStore:
         return self
@@ -202,15 +209,9 @@ class HessianStore:
         """A new store at ``path`` holding this store's structures and root attributes, no teacher labels (written
         to a ``.partial`` file first, so never half-made)."""
         path = Path(path)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        try:
-            with h5py.File(partial, "w") as out:
-                out.attrs.update(dict(self.file.attrs))
-                self.file.copy(self.file["structures"], out, "structures")
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        partial.rename(path)
+        with replacing(path) as partial, h5py.File(partial, "w") as out:
+            out.attrs.update(dict(self.file.attrs))
+            self.file.copy(self.file["structures"], out, "structures")
         return path
 
     def energy_statistics(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -234,10 +235,40 @@ class HessianStore:
         return [n for n in names if not n.startswith(".")]
 
     def teacher_group(self, teacher: str) -> h5py.Group:
+        """The teacher's group, its index arrays checked against the store on first use (``check_teacher``)."""
         if teacher not in self.teachers():
             raise StoreError(f"{self.path} has no labels from teacher {teacher!r} (has: {self.teachers()}); "
                              f"run precompute")
-        return self.file["teachers"][teacher]
+        g = self.file["teachers"][teacher]
+        if teacher not in self._checked:
+            check_teacher(self.path, g, self.offsets)
+            self._checked.add(teacher)
+        return g
+
+    def _rebuild(self, what: str, added_bytes: int, change: Callable[[h5py.File], None]) -> None:
+        """Copy this store with ``change`` applied (a callable adding to the open copy) into a side file and rename it
+        over the store (``store_files.replacing``): a failure at any point (full disk, file-size limit, a crash
+        inside HDF5) leaves the store as it was. Costs one copy of the store, whose size plus ``added_bytes`` is
+        checked first against the free disk, quota and file-size limit (StoreError naming ``what`` otherwise)."""
+        if self.mode == "r":
+            raise StoreError(f"{self.path} is open read-only; open it with mode='a' for {what}")
+        src, needed = self.file, self.path.stat().st_size + added_bytes + METADATA_BYTES
+        require_space(self.path, needed, what)
+        with replacing(self.path) as partial:
+            try:
+                with h5py.File(partial, "w") as out:
+                    out.attrs.update(dict(src.attrs))
+                    for name, obj in src.items():
+                        if name != "teachers":
+                            src.copy(obj, out, name)
+                    teachers = out.create_group("teachers")
+                    for name in self.teachers():  # hidden groups (a killed run's, of older versions) are left behind
+                        src.copy(src["teachers"][name], teachers, name)
+                    change(out)
+            except (OSError, RuntimeError) as exc:  # h5py's write errors
+                raise StoreError(f"{self.path}: {what} failed while writing {partial.name}, which is removed; the "
+                                 f"store is unchanged ({' '.join(str(exc).split())})") from exc
+            self.close()  # the renamed copy replaces the file under this handle; it is reopened on next use
 
     def create_teacher(self, teacher: str, attrs: dict, layout: str = "full", dtype: str = "float32",
                        rows_per_structure: int | None = None) -> h5py.Group:
@@ -246,10 +277,10 @@ class HessianStore:
         layout "full": (3N, 3N) blocks; "upper": symmetric packing of the upper triangle, 3N(3N+1)/2 values;
         "rows": ``rows_per_structure`` rows (k, 3N) per structure, their indices in ``hessian_row_index`` (M, k).
         dtype "float32" or "float16" (half the disk; relative error ≤ 2⁻¹¹ of each entry).
+        A new group is added by ``_rebuild``: never inside the live file, so a failed allocation harms nothing.
         """
-        f = self.file
-        if "teachers" in f and teacher in f["teachers"]:
-            g = f["teachers"][teacher]
+        if teacher in self.teachers():
+            g = self.teacher_group(teacher)
             asked = (layout, dtype, rows_per_structure if layout == "rows" else None)
             have = (g.attrs["hessian_layout"], g.attrs["hessian_dtype"], g.attrs.get("rows_per_structure"))
             if asked[:2] != have[:2] or (layout == "rows" and asked[2] != have[2]):
@@ -259,37 +290,32 @@ class HessianStore:
             raise ValueError(f"unknown Hessian layout {layout!r}; choose one of {LAYOUTS}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"Hessian dtype must be float32 or float16, got {dtype!r}")
-        n = 3 * self.n_atoms().astype(np.int64)
+        n = 3 * self.n_atoms()
         if layout == "rows":
             if not rows_per_structure or rows_per_structure < 1:
                 raise ValueError("layout 'rows' needs rows_per_structure >= 1")
             if int(n.min()) < rows_per_structure:
                 raise ValueError(f"{self.path}: a structure has only {int(n.min())} "
                                  f"Hessian rows < {rows_per_structure}")
-        sizes = {"full": n * n, "upper": n * (n + 1) // 2, "rows": (rows_per_structure or 0) * n}[layout]
-        hoff = np.concatenate([[0], np.cumsum(sizes)])
-        # built under a temporary name and moved into place when complete: a run killed while allocating
-        # leaves no half-made group behind (the next run discards the temporary one)
-        parent, tmp = f.require_group("teachers"), f".{teacher}.incomplete"
-        if tmp in parent:
-            del parent[tmp]
-        g = parent.create_group(tmp)
-        g.attrs.update({k: v for k, v in attrs.items() if v is not None}, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       hessian_layout=layout, hessian_dtype=dtype)
-        if layout == "rows":
-            g.attrs["rows_per_structure"] = int(rows_per_structure)
-            _preallocated(g, "hessian_row_index", (len(self), rows_per_structure), np.int32)
+        hoff = np.concatenate([[0], np.cumsum(hessian_sizes(self.n_atoms(), layout, rows_per_structure))])
         m, a = len(self), int(self.offsets[-1])
-        _preallocated(g, "energy", (m,), np.float64)
-        _preallocated(g, "forces", (a, 3), np.float64)
-        _preallocated(g, "hessian", (int(hoff[-1]),), dtype)
-        g["hessian_offsets"] = hoff
-        _preallocated(g, "asymmetry", (m,), np.float32)
-        _preallocated(g, "done", (m,), bool)
-        f.flush()
-        parent.move(tmp, teacher)
-        f.flush()
-        return parent[teacher]
+        datasets = {"energy": ((m,), np.float64), "forces": ((a, 3), np.float64), "hessian": ((int(hoff[-1]),), dtype),
+                    "asymmetry": ((m,), np.float32), "done": ((m,), bool)}
+        if layout == "rows":
+            datasets["hessian_row_index"] = ((m, rows_per_structure), np.int32)
+
+        def add(out: h5py.File) -> None:
+            g = out["teachers"].create_group(teacher)
+            g.attrs.update({k: v for k, v in attrs.items() if v is not None},
+                           created=time.strftime("%Y-%m-%dT%H:%M:%S"), hessian_layout=layout, hessian_dtype=dtype)
+            if layout == "rows":
+                g.attrs["rows_per_structure"] = int(rows_per_structure)
+            for name, (shape, kind) in datasets.items():
+                _preallocated(g, name, shape, kind)
+            g["hessian_offsets"] = hoff
+
+        self._rebuild(f"adding teacher {teacher!r}", _nbytes(datasets) + hoff.nbytes, add)
+        return self.teacher_group(teacher)
 
     def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
                       rows: np.ndarray | None = None, asymmetry: float | None = None,
@@ -344,11 +370,18 @@ class HessianStore:
         if g["done"][:].any():
             raise StoreError(f"{self.path}: teacher {teacher!r} already has structures labelled without node features;"
                              f" export features into a new teacher group (e.g. another teacher name)")
-        _preallocated(g, "node_features", (int(self.offsets[-1]), n_features), np.float32)
-        if element_embeddings is not None:
-            g["element_z"] = np.asarray(element_z, dtype=np.int16)
-            g["element_embeddings"] = np.asarray(element_embeddings, dtype=np.float32)
-        self.file.flush()
+        shape = (int(self.offsets[-1]), n_features)
+        embeddings = None if element_embeddings is None else np.asarray(element_embeddings, dtype=np.float32)
+
+        def add(out: h5py.File) -> None:
+            t = out["teachers"][teacher]
+            _preallocated(t, "node_features", shape, np.float32)
+            if embeddings is not None:
+                t["element_z"] = np.asarray(element_z, dtype=np.int16)
+                t["element_embeddings"] = embeddings
+
+        added = _nbytes({"node_features": (shape, np.float32)}) + (0 if embeddings is None else embeddings.nbytes)
+        self._rebuild(f"adding node features to teacher {teacher!r}", added, add)
 
     def node_features(self, teacher: str, i: int) -> np.ndarray:
         """Teacher node features of structure i, (N, F)."""
@@ -394,13 +427,14 @@ class HessianStore:
         marks last, so a killed copy can be rerun."""
         src = source.teacher_group(teacher)
         attrs = dict(src.attrs)
-        dst = self.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
-                                  rows_per_structure=attrs.get("rows_per_structure"))
+        self.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
+                            rows_per_structure=attrs.get("rows_per_structure"))
         if "node_features" in src:
             has_embeddings = "element_embeddings" in src
             self.create_features(teacher, src["node_features"].shape[1],
                                  src["element_z"][:] if has_embeddings else None,
                                  src["element_embeddings"][:] if has_embeddings else None)
+        dst = self.teacher_group(teacher)  # after create_features, which replaces the file
         for j in indices:
             a, b = int(self.offsets[j]), int(self.offsets[j + 1])
             h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])

@@ -2,8 +2,9 @@
 
 Precompute writes into contiguous, preallocated datasets (kill-safe: a write never touches HDF5 metadata);
 compressed datasets allocate chunks as they are written, so compression is a packing step for teachers whose
-every structure is done. The packed copy is written to ``<store>.<pid>.partial`` and renamed over the store, so a
-killed run leaves the store as it was. Readers need nothing: h5py decompresses transparently.
+every structure is done. The packed copy is written to ``<store>.<pid>.partial`` and renamed over the store
+(``store_files.replacing``, after a check that a copy of the store's size fits), so a killed or failed run leaves
+the store as it was. Readers need nothing: h5py decompresses transparently.
 
 Chunks hold ``CHUNK_ENTRIES`` values (128 KiB of float32): one structure's rows span one or two chunks for
 molecules of up to ~60 atoms, so a random structure's rows cost a chunk decompression or two
@@ -12,12 +13,12 @@ molecules of up to ~60 atoms, so a random structure's rows cost a chunk decompre
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 
 from hessdistill.data.store import HessianStore, StoreError
+from hessdistill.data.store_files import replacing, require_space
 
 COMPRESSIONS = ("gzip", "lzf")
 CHUNK_ENTRIES = 2**15
@@ -49,23 +50,18 @@ def compress_store(path: str | Path, compression: str = "gzip", level: int = 4) 
     before = path.stat().st_size
     if not todo:  # already packed with this filter (e.g. a rerun of a finished precompute)
         return {"bytes_before": before, "bytes_after": before}
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    try:
-        with h5py.File(path, "r") as src, h5py.File(partial, "w") as dst:
-            dst.attrs.update(dict(src.attrs))
-            src.copy(src["structures"], dst, "structures")
-            for name, group in src.get("teachers", {}).items():
-                out = dst.require_group("teachers").create_group(name)
-                out.attrs.update(dict(group.attrs))
-                for key, data in group.items():
-                    if _packable(key, data) and data.compression != compression:
-                        _copy_compressed(data, out, key, options)
-                    else:
-                        group.copy(data, out, key)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.rename(path)
+    require_space(path, before, f"compressing with {compression}")
+    with replacing(path) as partial, h5py.File(path, "r") as src, h5py.File(partial, "w") as dst:
+        dst.attrs.update(dict(src.attrs))
+        src.copy(src["structures"], dst, "structures")
+        for name, group in src.get("teachers", {}).items():
+            out = dst.require_group("teachers").create_group(name)
+            out.attrs.update(dict(group.attrs))
+            for key, data in group.items():
+                if _packable(key, data) and data.compression != compression:
+                    _copy_compressed(data, out, key, options)
+                else:
+                    group.copy(data, out, key)
     return {"bytes_before": before, "bytes_after": path.stat().st_size}
 
 

@@ -1,8 +1,9 @@
 """A subset config → its store: read the source, keep what the selectors accept, write the store once.
 
 The subset's ``source`` is a Hydra call of any reader in ``hessdistill.data.sources``; ``select`` is a list of
-selectors from ``hessdistill.data.selectors`` (all must accept a structure). The store records both, and a store
-made with a different selection is refused rather than silently reused.
+selectors from ``hessdistill.data.selectors`` (all must accept a structure). The store records both (the source
+as reader, arguments and file content: ``source_record``), and a store made from another source or selection is
+refused rather than silently reused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.data.selectors import select
+from hessdistill.data.source_record import check_source, source_record
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 
 log = logging.getLogger(__name__)
@@ -26,16 +28,22 @@ def _selection(subset: DictConfig) -> list:
 
 
 def build_store(subset: DictConfig) -> Path:
-    """Path of the subset's store, creating it from ``subset.source`` and ``subset.select`` when missing."""
+    """Path of the subset's store, creating it from ``subset.source`` and ``subset.select`` when missing; a store
+    built from another source (reader, arguments, file content) or selection is refused, naming both."""
     path = Path(subset.store)
     wanted = json.dumps(_selection(subset), sort_keys=True)
+    rebuild = (f"rebuild it: delete {path} (its teacher labels go with it) and rerun `hessdistill-precompute "
+               f"subset={subset.name} teacher=<teacher>`, or set subset.store to a new file")
     if path.exists():
         with HessianStore(path) as store:
-            recorded = store.attributes.get("subset_select")
+            recorded, built_from = store.attributes.get("subset_select"), store.attributes.get("subset_source_record")
         if recorded is not None and recorded != wanted:
             raise StoreError(f"{path} was built with selection {recorded}, the subset config now asks for {wanted}; "
-                             f"delete the store or set subset.store to a new file")
+                             f"{rebuild}")
+        if built_from is not None:
+            check_source(path, built_from, subset.source, rebuild)
         return path
+    record = json.dumps(source_record(subset.source))  # before reading: the file as it was read
     structures = hydra.utils.call(subset.source)
     selectors = [hydra.utils.instantiate(s) for s in subset.get("select") or []]
     kept = select(structures, selectors)
@@ -45,6 +53,6 @@ def build_store(subset: DictConfig) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     source = json.dumps(OmegaConf.to_container(subset.source, resolve=True), sort_keys=True)
     write_structures(path, kept, attrs={"subset_name": str(subset.name), "subset_source": source,
-                                        "subset_select": wanted})
+                                        "subset_select": wanted, "subset_source_record": record})
     log.info("wrote %d of %d structures from %s to %s", len(kept), len(structures), subset.source.get("path"), path)
     return path
