@@ -125,7 +125,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     build_store(cfg.subset)
     module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
-                           optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy)
+                           optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy,
+                           compile=cfg.compile)
     labels = label_source(cfg, module.loss)
     dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
     empty = [name for name in ("train", "val") if len(dm.splits[name]) == 0]

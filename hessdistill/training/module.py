@@ -22,6 +22,25 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1
 DEFAULT_SCHEDULER = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True}
 
 
+def compile_student(student, row_strategy: str) -> str:
+    """``torch.compile`` the student's representation (dynamic shapes: batches differ in atoms and edges) and return
+    the row strategy to train with (``auto`` → ``fd``).
+
+    Compiled autograd graphs cannot be differentiated twice (torch 2.13), so only training with one backward can be
+    compiled: a direct-force student, undistilled or with finite-difference rows. Validation's exact VJP rows
+    back-propagate through the compiled graph several times, hence ``donated_buffer`` off (process-wide).
+    """
+    if student.force_mode != "direct":
+        raise ValueError("compile=true needs a direct-force student (student.force_mode=direct): conservative forces "
+                         "are differentiated twice in training, which torch.compile's graphs do not support")
+    if row_strategy not in ("auto", "fd", "fd_central"):
+        raise ValueError(f"compile=true trains with finite-difference rows (row_strategy=fd or fd_central), not "
+                         f"{row_strategy!r}: reverse- and forward-mode rows differentiate the compiled graph twice")
+    torch._functorch.config.donated_buffer = False
+    student.representation.compile(dynamic=True)
+    return "fd" if row_strategy == "auto" else row_strategy
+
+
 def _plain(config) -> dict:
     return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
 
@@ -32,20 +51,23 @@ class DistillModule(L.LightningModule):
     terms: name → Hydra config of a ``LossTerm``. plugins: Hydra configs of student plugins (a2a), applied to the
     student by ``prepare``, which a run calls once with its datamodule before training. optimizer / scheduler: Hydra
     configs with ``_partial_: true`` (the scheduler steps on ``monitor``). row_strategy: how the student's training
-    Hessian rows are computed (``hessian.student_rows``).
+    Hessian rows are computed (``hessian.student_rows``). compile: ``torch.compile`` the student's representation
+    (``compile_student``).
     """
 
     def __init__(self, student: DictConfig | dict, terms: DictConfig | dict, plugins: list | None = None,
                  optimizer: DictConfig | dict | None = None, scheduler: DictConfig | dict | None = None,
-                 monitor: str = "val/loss_ef", row_strategy: str = "auto") -> None:
+                 monitor: str = "val/loss_ef", row_strategy: str = "auto", compile: bool = False) -> None:
         super().__init__()
         student, terms = _plain(student), _plain(terms)
         plugins = [_plain(p) for p in plugins or []]
         optimizer, scheduler = _plain(optimizer or DEFAULT_OPTIMIZER), _plain(scheduler or DEFAULT_SCHEDULER)
         self.save_hyperparameters({"student": student, "terms": terms, "plugins": plugins, "optimizer": optimizer,
-                                   "scheduler": scheduler, "monitor": monitor, "row_strategy": row_strategy})
+                                   "scheduler": scheduler, "monitor": monitor, "row_strategy": row_strategy,
+                                   "compile": compile})
         self.student = hydra.utils.instantiate(student)
         resolve_student_strategy(row_strategy, torch.device("cpu"), self.student.force_mode)  # a bad name fails here
+        self.row_strategy = compile_student(self.student, row_strategy) if compile else row_strategy
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
 
     def prepare(self, datamodule) -> None:
@@ -62,7 +84,7 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         n = batch.num_graphs
         pred = predict(self.student, batch, self.loss.predictions, create_graph=True,
-                       strategy=self.hparams.row_strategy)
+                       strategy=self.row_strategy)
         loss, values = self.loss(pred, batch)
         if not bool(torch.isfinite(loss)):  # a non-finite step would poison the weights, the EMA and every metric
             raise FloatingPointError(
@@ -78,7 +100,7 @@ class DistillModule(L.LightningModule):
     # ---- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch, prefix: str) -> None:
         pred = predict(self.student, batch, {"force_jacobian_rows"}, create_graph=False,
-                       strategy=self.hparams.row_strategy)
+                       strategy=self.row_strategy)
         metrics = batch_metrics(pred["energy"], pred["forces"], batch, pred.get("force_jacobian_rows"),
                                 self._weight("energy"), self._weight("forces"))
         for name, (value, count) in metrics.items():

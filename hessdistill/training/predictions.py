@@ -113,8 +113,8 @@ def _forward_mode_fault(student, pos: Tensor, forces: Tensor, lane: Tensor, tang
     """
     u = torch.randn(forces.shape, generator=torch.Generator().manual_seed(0), dtype=forces.dtype).to(forces.device)
     (vjp,) = torch.autograd.grad(forces, pos, u, retain_graph=True)
-    forward, reverse = float((u * tangent).sum()), float((vjp * lane).sum())
-    bound = float(u.norm() * tangent.norm()) + float(vjp.norm() * lane.norm())
+    forward, reverse = float((u * tangent).sum().detach()), float((vjp * lane).sum().detach())
+    bound = float(u.norm() * tangent.detach().norm()) + float(vjp.norm() * lane.norm())
     if abs(forward - reverse) > 1e-4 * bound:
         return (f"forward-mode tangents fail the adjoint test: uᵀ(Jv) = {forward:.6g}, (uᵀJ)v = {reverse:.6g}")
     leaves = [pos, *(p for p in student.parameters() if p.requires_grad)]  # what the loss backward reaches
