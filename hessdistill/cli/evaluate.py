@@ -26,6 +26,7 @@ from hessdistill.cli.train import RUN_CONFIG
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
+from hessdistill.data.splits import SPLITS
 from hessdistill.data.store import HessianStore
 from hessdistill.devices import resolve_device
 from hessdistill.evaluation.accuracy import evaluate_split
@@ -68,6 +69,8 @@ def with_training_run(cfg: DictConfig) -> DictConfig:
 
 def run(cfg: DictConfig, output_dir: str) -> dict:
     cfg = with_training_run(cfg)
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split={cfg.split!r} is not a split name; choose one of {', '.join(SPLITS)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -83,8 +86,6 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                          split_by=cfg.subset.get("split_by"), split_file=cfg.split_file or cfg.subset.get("split_file"),
                          cutoff=student.cutoff, max_neighbors=student.max_neighbors, eval_rows=cfg.rows,
                          dtype=str(next(student.parameters()).dtype).removeprefix("torch."))
-    if cfg.split not in dm.splits:
-        raise ValueError(f"unknown split {cfg.split!r}; choose one of {sorted(dm.splits)}")
     indices = dm.splits[cfg.split]
     if len(indices) == 0:
         raise ValueError(f"split {cfg.split!r} of {cfg.subset.store} is empty")

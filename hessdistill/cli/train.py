@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -32,6 +33,7 @@ from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
+from hessdistill.evaluation.checkpoint import check_resumable
 from hessdistill.training.module import DistillModule
 from hessdistill.training.terms import Loss
 
@@ -64,6 +66,17 @@ def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
         raise ValueError(f"teacher_mode={cfg.teacher_mode}: the loss terms need {missing}, which this label source "
                          f"does not provide (it provides {sorted(source.provides)})")
     return source
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Raise ValueError naming the key unless every loss weight ``weights.<term>`` (λ) is a finite number ≥ 0 and
+    ``rows`` an integer ≥ 0: found before Hydra builds the terms, whose error would name only the term's class."""
+    for key, value in [*((f"weights.{name}", v) for name, v in cfg.weights.items()), ("rows", cfg.rows)]:
+        whole = key == "rows"
+        number = isinstance(value, int) if whole else isinstance(value, (int, float)) and math.isfinite(value)
+        if isinstance(value, bool) or not number or value < 0:
+            what = "an integer ≥ 0 (Hessian rows per structure)" if whole else "a finite number ≥ 0 (a loss weight λ)"
+            raise ValueError(f"{key}={value!r}: expected {what}, e.g. {key}={4 if whole else 100}")
 
 
 def write_run_info(output_dir: Path) -> dict:
@@ -123,6 +136,7 @@ def instantiate_logger(config: DictConfig, output_dir: str):
 
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
+    check_numbers(cfg)
     build_store(cfg.subset)
     module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
                            optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy,
@@ -137,6 +151,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if main_process:
         dm.write_split_file(Path(output_dir) / "splits.json")
     module.prepare(dm)
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, module)
     loggers = [instantiate_logger(c, output_dir) for c in cfg.logger]
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=make_callbacks(cfg, output_dir),

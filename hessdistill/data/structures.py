@@ -11,11 +11,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from hessdistill.data.geometry import MIN_DISTANCE, closest_pair, periodic_widths
 from hessdistill.data.keys import StructureData
 
 
 class InvalidStructureError(ValueError):
     """A structure that cannot be used; the message names where it came from and what is wrong."""
+
+
+UNIT_MEANING = {"energy_unit": "eV per energy unit of the file, e.g. 0.0433641 for kcal/mol",
+                "length_unit": "Å per length unit of the file, e.g. 0.529177 for Bohr"}
+
+
+def unit_factors(where, energy_unit, length_unit) -> tuple[float, float]:
+    """A reader's factors from the file's units to eV and Å, as floats; InvalidStructureError naming ``where`` (the
+    file) and the factor unless both are finite positive numbers."""
+    factors = []
+    for name, value in (("energy_unit", energy_unit), ("length_unit", length_unit)):
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = float("nan")
+        if isinstance(value, bool) or not (np.isfinite(factor) and factor > 0):
+            raise InvalidStructureError(f"{where}: {name}={value!r} is not a finite positive factor "
+                                        f"({UNIT_MEANING[name]})")
+        factors.append(factor)
+    return factors[0], factors[1]
 
 
 @dataclass
@@ -49,7 +70,8 @@ class Structure:
         return int(self.z.shape[0])
 
     def validate(self, require_labels: bool = True) -> Structure:
-        """Raise InvalidStructureError naming ``source`` if shapes, values or labels are wrong."""
+        """Raise InvalidStructureError naming ``source`` if shapes, values, geometry (a singular or thin periodic
+        cell, atoms closer than ``geometry.MIN_DISTANCE``) or labels are wrong."""
         n = self.n_atoms
         where = self.source
         if n == 0:
@@ -60,6 +82,7 @@ class Structure:
             raise InvalidStructureError(f"{where}: positions contain NaN or inf")
         if (self.z < 1).any() or (self.z > 118).any():
             raise InvalidStructureError(f"{where}: atomic numbers out of range 1..118: {sorted(set(self.z.tolist()))}")
+        self._validate_geometry()
         if require_labels:
             if self.energy is None:
                 raise InvalidStructureError(f"{where}: missing reference energy")
@@ -73,6 +96,25 @@ class Structure:
             if not np.isfinite(self.forces).all():
                 raise InvalidStructureError(f"{where}: forces contain NaN or inf")
         return self
+
+    def _validate_geometry(self) -> None:
+        """A finite cell, periodic widths ≥ ``MIN_DISTANCE`` and no two atoms (or images) closer than that."""
+        where = self.source
+        if not np.isfinite(self.cell).all():
+            raise InvalidStructureError(f"{where}: cell contains NaN or inf")
+        widths = periodic_widths(self.cell, self.pbc)
+        if (widths < MIN_DISTANCE).any():
+            axis = int(np.flatnonzero(self.pbc)[np.argmin(widths)])
+            raise InvalidStructureError(
+                f"{where}: periodic cell is singular or too thin: its lattice planes along cell vector {axis + 1} "
+                f"are {widths.min():.3g} Å apart (|det| = {abs(np.linalg.det(self.cell)):.3g} Å³); check the cell "
+                f"(and its length_unit), or set pbc False on axes that are not periodic")
+        pair = closest_pair(self.positions, self.cell, self.pbc)
+        if pair is not None:
+            i, j, distance = pair
+            raise InvalidStructureError(
+                f"{where}: atoms {i} and {j} are {distance:.3g} Å apart (< {MIN_DISTANCE} Å): a duplicated atom, or "
+                f"positions not in Å (check the source's length_unit)")
 
     @classmethod
     def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0,

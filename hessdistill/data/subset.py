@@ -13,11 +13,13 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.data.selectors import select
 from hessdistill.data.source_record import check_source, source_record
 from hessdistill.data.store import HessianStore, StoreError, write_structures
+from hessdistill.data.structures import InvalidStructureError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,17 @@ log = logging.getLogger(__name__)
 def _selection(subset: DictConfig) -> list:
     chosen = subset.get("select")
     return [] if chosen is None else OmegaConf.to_container(chosen, resolve=True)
+
+
+def _read_source(subset: DictConfig) -> list:
+    """The structures of ``subset.source``; a reader's own error (naming the file and frame) is raised as it is,
+    not inside Hydra's "Error in call to target" wrapper."""
+    try:
+        return hydra.utils.call(subset.source)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, (InvalidStructureError, FileNotFoundError)):
+            raise exc.__cause__ from None
+        raise
 
 
 def build_store(subset: DictConfig) -> Path:
@@ -44,7 +57,7 @@ def build_store(subset: DictConfig) -> Path:
             check_source(path, built_from, subset.source, rebuild)
         return path
     record = json.dumps(source_record(subset.source))  # before reading: the file as it was read
-    structures = hydra.utils.call(subset.source)
+    structures = _read_source(subset)
     selectors = [hydra.utils.instantiate(s) for s in subset.get("select") or []]
     kept = select(structures, selectors)
     if not kept:

@@ -11,10 +11,13 @@ the saved bytes, hence ``LANE_BYTES_FACTOR`` = 1.25 (tested: the estimate bounds
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 LANE_BYTES_FACTOR = 1.25  # estimated bytes per lane = this × bytes saved by the force graph
 MEASURED_MARGIN = 1.1  # on CUDA, bytes per lane = this × the last chunk's measured peak per lane
@@ -93,6 +96,7 @@ class LaneChunker:
     ``size(remaining)`` gives the next chunk (≥ 1, ≤ remaining); wrapping a chunk's VJP in ``measure(lanes)``
     updates the per-lane cost from CUDA's peak-memory counter (a no-op on CPU, which has no such counter).
     ``sizes`` lists the chunks handed out; ``peaks`` the bytes each measured chunk allocated above its start.
+    When the budget holds less than one lane, each chunk gets one lane anyway, and a warning says so (once).
     """
 
     def __init__(self, budget_bytes: float, bytes_per_lane: float, device: torch.device) -> None:
@@ -100,9 +104,17 @@ class LaneChunker:
         self.device = torch.device(device)
         self.sizes: list[int] = []
         self.peaks: list[int] = []
+        self._warned = False
 
     def size(self, remaining: int) -> int:
-        lanes = int(min(remaining, max(1, self.budget_bytes // self.bytes_per_lane)))
+        fitting = int(self.budget_bytes // self.bytes_per_lane)
+        if fitting < 1 and remaining > 1 and not self._warned:
+            self._warned = True
+            log.warning("memory budget of %.3g GiB holds less than one Hessian lane (about %.3g GiB each): computing "
+                        "one lane per chunk, %d passes for this call; raise memory_budget_gib, lower batch_size or "
+                        "use a device with more memory", self.budget_bytes / 2**30, self.bytes_per_lane / 2**30,
+                        remaining)
+        lanes = int(min(remaining, max(1, fitting)))
         self.sizes.append(lanes)
         return lanes
 

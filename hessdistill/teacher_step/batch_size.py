@@ -1,5 +1,5 @@
-"""How many structures go into one teacher call: size-sorted order and the ``BatchSizer`` that probes batch sizes on
-the real work."""
+"""How many structures go into one teacher call: size-sorted order, batches of similar sizes only, and the
+``BatchSizer`` that probes batch sizes on the real work."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ def size_sorted(n_atoms: np.ndarray) -> np.ndarray:
     mixing a 5-atom and a 12-atom molecule wastes most of the small one's lanes (measured for MACE on CPU:
     unsorted batches of 5–12-atom molecules ran at 0.5× of one structure at a time)."""
     return np.argsort(n_atoms, kind="stable")
+
+
+SIZE_RATIO = 1.5  # a batch's largest structure has at most this many times the atoms of its smallest
+
+
+def similar_sized(n_atoms: np.ndarray, ratio: float = SIZE_RATIO) -> int:
+    """How many of the next structures (atom counts ``n_atoms``, ascending: ``size_sorted`` order, already cut to
+    the batch size) go into one call: those with at most ``ratio`` × the first one's atoms (at least one). Every
+    member then gets ≥ 1/ratio of the call's 3·N_max lanes for its own rows: a 198-atom molecule is not batched
+    with 9–12-atom ones, whose 27–36 rows would otherwise be padded to 594 lanes."""
+    return max(1, int(np.searchsorted(n_atoms, ratio * n_atoms[0], side="right")))
 
 
 class BatchSizer:

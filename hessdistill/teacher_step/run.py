@@ -17,7 +17,7 @@ from tqdm import tqdm
 from hessdistill.data.store import HessianStore
 from hessdistill.hessian.memory import MemoryBudget
 from hessdistill.hessian.rows import sample_rows
-from hessdistill.teacher_step.batch_size import BatchSizer, size_sorted
+from hessdistill.teacher_step.batch_size import SIZE_RATIO, BatchSizer, similar_sized, size_sorted
 from hessdistill.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
                        chunk_size: int | str | None = "auto", strategy: str = "auto", symmetry_tol: float = 1e-3,
                        progress: bool = True, layout: str = "full", dtype: str = "float32",
                        rows_per_structure: int | None = None, seed: int = 0, indices: np.ndarray | None = None,
-                       features: bool = False, max_batch: int = 64, memory_budget_gib: float | None = None) -> dict:
+                       features: bool = False, max_batch: int = 64, memory_budget_gib: float | None = None,
+                       size_ratio: float = SIZE_RATIO) -> dict:
     """Fill ``/teachers/<teacher.name>`` for structures not yet done. Returns counts and the worst asymmetry.
 
     layout/dtype: Hessian storage (see ``HessianStore.create_teacher``). Layout "rows" computes only
@@ -37,7 +38,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     features: also store the teacher's node features and (where it has them) element embeddings.
     batch_size: structures per teacher call, or "auto": ``BatchSizer`` probes 1, 2, 4, … up to ``max_batch`` on the
     real work and keeps the fastest (on a CPU one MACE structure per call can beat batches; on a GPU large
-    batches win).
+    batches win). Structures go smallest first, and a batch holds only structures within ``size_ratio`` × the atoms
+    of its smallest (``batch_size.similar_sized``), so it may hold fewer than batch_size.
     chunk_size: VJP lanes per chunk of a full-Hessian call; None: all max_i 3N_i at once; "auto": as many as fit in
     ``memory_budget_gib`` GiB (None: half the device's free memory at each call), estimated from each batch's
     graph (``hessdistill.hessian.memory``). On CUDA out-of-memory the batch, then the chunk (or the memory budget), is
@@ -51,7 +53,8 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     todo = np.flatnonzero(~group["done"][:])
     if indices is not None:
         todo = np.intersect1d(todo, indices)
-    todo = todo[size_sorted(store.n_atoms()[todo])]
+    order = size_sorted(store.n_atoms()[todo])
+    todo, sizes = todo[order], store.n_atoms()[todo][order]
     if features and len(todo):
         _create_features(store, teacher, int(todo[0]))
     worst = 0.0
@@ -60,7 +63,7 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
     bar = tqdm(total=len(todo), desc=f"teacher {teacher.name} Hessians", unit="structure", disable=not progress)
     start = 0
     while start < len(todo):
-        idx = todo[start : start + sizer.next_size()]
+        idx = todo[start : start + similar_sized(sizes[start : start + sizer.next_size()], size_ratio)]
         data = [store.structure(int(i)).to_data(teacher.dtype) for i in idx]
         for d, i in zip(data, idx):
             d.idx = torch.tensor([int(i)])

@@ -68,7 +68,8 @@ class ANITeacher(AutogradTeacher):
     def _aevs(self, batch) -> tuple[Tensor, Tensor, Tensor]:
         """Padded species (B, Nmax) (−1 = padding), AEVs (B, Nmax, D) and each flat atom's local index (Ntot,).
 
-        Pads the flat batch with a differentiable index_put (no in-place op on pos)."""
+        Pads the flat batch with a differentiable index_put (no in-place op on pos). A batch holding periodic
+        structures gets its AEVs one structure at a time (torchani takes one cell per call)."""
         counts = batch.ptr[1:] - batch.ptr[:-1]
         n_max = int(counts.max())
         local = torch.arange(batch.pos.shape[0], device=batch.pos.device) - batch.ptr[batch.batch]
@@ -76,13 +77,16 @@ class ANITeacher(AutogradTeacher):
         species[batch.batch, local] = batch.z
         coords = batch.pos.new_zeros(batch.num_graphs, n_max, 3).index_put((batch.batch, local), batch.pos)
         species, coords = self.converter((species, coords))
-        cell = pbc = None
-        if bool(batch.pbc.any()):
-            if batch.num_graphs != 1:
-                raise NotImplementedError("ANI teacher: periodic structures are evaluated one at a time")
-            cell, pbc = batch.cell[0].to(coords.dtype), batch.pbc[0]
-        species, aevs = self.aev((species, coords), cell=cell, pbc=pbc)
-        return species, aevs, local
+        if not bool(batch.pbc.any()):
+            return species, self.aev((species, coords))[1], local
+        aevs = []  # torchani takes one cell per call: with periodic structures, one structure at a time
+        for g, n in enumerate(counts.tolist()):
+            periodic = bool(batch.pbc[g].any())
+            _, aev = self.aev((species[g : g + 1, :n], coords[g : g + 1, :n]),
+                              cell=batch.cell[g].to(coords.dtype) if periodic else None,
+                              pbc=batch.pbc[g] if periodic else None)
+            aevs.append(torch.nn.functional.pad(aev, (0, 0, 0, n_max - n)))
+        return species, torch.cat(aevs), local
 
     def energy(self, batch) -> Tensor:
         """(B,) eV."""

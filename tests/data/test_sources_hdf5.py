@@ -23,8 +23,14 @@ SPICE_MOLS = {
 }
 
 
+def conformers(n_conf: int, n_atoms: int) -> np.ndarray:
+    """(n_conf, n_atoms, 3) float32 coordinates: atoms 2 units apart on a line, displaced by noise of 0.1."""
+    line = np.arange(n_atoms)[:, None] * np.array([2.0, 0.0, 0.0])
+    return (line + RNG.normal(scale=0.1, size=(n_conf, n_atoms, 3))).astype(np.float32)
+
+
 def spice_arrays(n_atoms: int, n_conf: int):
-    conf = RNG.normal(size=(n_conf, n_atoms, 3)).astype(np.float32)  # Bohr, float32 as in real SPICE
+    conf = conformers(n_conf, n_atoms)  # Bohr, float32 as in real SPICE
     energy = -76.4 - 0.01 * np.arange(n_conf)  # Hartree, float64
     grad = RNG.normal(scale=0.02, size=(n_conf, n_atoms, 3)).astype(np.float32)  # Hartree/Bohr
     return conf, energy, grad
@@ -144,7 +150,7 @@ def write_ani(path, mutate=None):
         for name, (species, n_conf) in ANI_MOLS.items():
             g = f.create_group(name)
             n = len(species)
-            coords = RNG.normal(size=(n_conf, n, 3)).astype(np.float32)  # Å
+            coords = conformers(n_conf, n)  # Å
             energy = -152.7 - 0.001 * np.arange(n_conf)  # Hartree
             grad = RNG.normal(scale=0.02, size=(n_conf, n, 3)).astype(np.float32)  # Hartree/Å
             g["species"] = np.array(species, dtype="S1")

@@ -71,7 +71,7 @@ class OutOfMemoryAbove(WrappedTeacher):
 
 
 def test_auto_and_out_of_memory_batches_give_the_one_at_a_time_hessians(tmp_path, ani_teacher):
-    atoms = [rattled(n, seed=k) for k, n in enumerate(["H2O", "NH3", "CH4", "CH3OH"] * 3)]
+    atoms = [rattled(n, seed=k) for k, n in enumerate(["NH3", "CH4", "CH3OH", "HCOOH"] * 3)]  # 4–6 atoms: batched
     structures = label_with(ani_teacher, atoms)
     paths = {name: tmp_path / f"{name}.h5" for name in ("one", "auto", "oom")}
     for path in paths.values():

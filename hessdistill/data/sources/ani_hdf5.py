@@ -16,7 +16,7 @@ from ase.data import atomic_numbers as SYMBOL_TO_Z
 from ase.units import Hartree
 
 from hessdistill.data.sources.conformers import conformer_structures, labelled
-from hessdistill.data.structures import InvalidStructureError, Structure
+from hessdistill.data.structures import InvalidStructureError, Structure, unit_factors
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ANI HDF5 file not found: {path}")
+    energy_unit, length_unit = unit_factors(path, energy_unit, length_unit)
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

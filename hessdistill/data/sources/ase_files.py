@@ -6,7 +6,7 @@ from pathlib import Path
 
 import ase.io
 
-from hessdistill.data.structures import InvalidStructureError, Structure
+from hessdistill.data.structures import InvalidStructureError, Structure, unit_factors
 
 
 def read_ase(path: str | Path, energy_unit: float = 1.0, length_unit: float = 1.0, index: str = ":",
@@ -17,6 +17,7 @@ def read_ase(path: str | Path, energy_unit: float = 1.0, length_unit: float = 1.
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         raise FileNotFoundError(f"structure file not found: {path}{where}")
+    energy_unit, length_unit = unit_factors(path, energy_unit, length_unit)
     try:
         frames = ase.io.read(path, index=index, format=format)
     except Exception as exc:  # ASE raises many types for malformed files

@@ -10,7 +10,7 @@ import numpy as np
 from ase.units import kcal, mol
 
 from hessdistill.data.sources.conformers import conformer_structures
-from hessdistill.data.structures import InvalidStructureError, Structure
+from hessdistill.data.structures import InvalidStructureError, Structure, unit_factors
 
 KEYS = {"md": ("z", "R", "E", "F"), "rmd17": ("nuclear_charges", "coords", "energies", "forces")}
 
@@ -22,6 +22,7 @@ def read_npz(path: str | Path, energy_unit: float = kcal / mol, length_unit: flo
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
+    energy_unit, length_unit = unit_factors(path, energy_unit, length_unit)
     with np.load(path) as data:
         names = next((k for k in KEYS.values() if k[0] in data and k[1] in data), None)
         if names is None:
