@@ -26,7 +26,8 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it, keep its output, record exit
 step gpu_tests 240 "$PYTHON" -m pytest -q -m gpu tests
 step teacher_hessians_ani1x 90 "$PYTHON" benchmarks/teacher_hessians.py --teacher ani1x --device cuda \
   --n-structures 64 --batch-size 16 --repeat 2
-step row_strategies 60 "$PYTHON" benchmarks/row_strategies.py --device cuda --rows 1 4 16 --repeat 5
+step row_strategies 200 "$PYTHON" benchmarks/row_strategies.py --device cuda --students painn_small gemnet_dt \
+  --batch 8 32 --rows 1 4 16 --rounds 5 --compile
 step students 120 "$PYTHON" benchmarks/students.py --device cuda --repeat 3
 step graph_building 30 "$PYTHON" benchmarks/graph_building.py --device cuda
 

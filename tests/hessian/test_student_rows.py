@@ -94,3 +94,16 @@ def test_strategy_names():
     with pytest.raises(ValueError, match="unknown row_strategy 'forward'; choose auto, loop, vmap, jvp, fd, "
                                          "fd_central"):
         resolve_student_strategy("forward", cpu, "direct")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["fd", "fd_central", "jvp", "vmap"])
+def test_training_rows_on_cuda_equal_cpu(strategy):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = tiny_painn("direct")
+    batch = batch_of(model)
+    cpu = predict(model, batch, {"force_jacobian_rows"}, create_graph=True, strategy=strategy)
+    gpu = predict(model.cuda(), batch.cuda(), {"force_jacobian_rows"}, create_graph=True, strategy=strategy)
+    torch.testing.assert_close(gpu["force_jacobian_rows"].detach().cpu(), cpu["force_jacobian_rows"].detach(),
+                               atol=1e-8, rtol=1e-6)
