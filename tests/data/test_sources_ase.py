@@ -23,7 +23,7 @@ def test_ase_db_round_trip(tmp_path, rng):
             atoms.calc = SinglePointCalculator(atoms, energy=-10.0 * (k + 1), forces=rng.normal(size=(len(atoms), 3)))
             db.write(atoms)
             written.append(atoms)
-    read = read_ase(path)
+    read = list(read_ase(path))
     assert len(read) == 2
     for s, a in zip(read, written):
         np.testing.assert_array_equal(s.z, a.numbers)
@@ -34,8 +34,8 @@ def test_ase_db_round_trip(tmp_path, rng):
 
 def test_rmd17_extxyz_in_kcal_per_mol():
     path = shared_file("data/rmd17_ethanol_100_kcalmol.xyz")
-    raw = read_ase(path)
-    converted = read_ase(path, energy_unit=kcal / mol)
+    raw = list(read_ase(path))
+    converted = list(read_ase(path, energy_unit=kcal / mol))
     assert len(converted) == 100 and set(converted[0].z.tolist()) == {1, 6, 8}
     assert converted[0].energy == pytest.approx(raw[0].energy * kcal / mol)
     np.testing.assert_allclose(converted[0].forces, raw[0].forces * kcal / mol)

@@ -36,7 +36,7 @@ def test_round_trip_of_mptrj_layout(tmp_path, rng):
             "mp-149": {"mp-149-1-2": frame(si, -10.8, forces[1], -10.9)}}
     path = tmp_path / "mptrj.json"
     path.write_text(json.dumps(data))
-    structures = read_mptrj(path)
+    structures = list(read_mptrj(path))
     assert [s.info["frame_id"] for s in structures] == ["mp-1234-0-0", "mp-149-1-2"]
     s = structures[0]
     np.testing.assert_array_equal(s.z, yn.numbers)
@@ -44,7 +44,7 @@ def test_round_trip_of_mptrj_layout(tmp_path, rng):
     np.testing.assert_allclose(s.cell, np.asarray(yn.cell))
     assert s.pbc.all() and s.energy == -20.5 and s.info["bandgap"] == 1.25 and s.info["mp_id"] == "mp-1234"
     np.testing.assert_allclose(s.forces, forces[0])
-    assert read_mptrj(path, energy_key="corrected_total_energy")[1].energy == -10.9
+    assert list(read_mptrj(path, energy_key="corrected_total_energy"))[1].energy == -10.9
 
 
 def test_malformed_frames_name_file_and_frame(tmp_path, rng):
@@ -60,4 +60,4 @@ def test_malformed_frames_name_file_and_frame(tmp_path, rng):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps({"mp-149": {"mp-149-0-0": bad}}))
         with pytest.raises(InvalidStructureError, match=rf"bad\.json\[mp-149\]\[mp-149-0-0\].*{message}"):
-            read_mptrj(path)
+            list(read_mptrj(path))
