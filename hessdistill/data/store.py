@@ -233,10 +233,10 @@ class HessianStore:
                                            ("z", "positions", "cell", "pbc", "energy", "forces", "info")}
         return self._readers["structures"]
 
-    def blocks(self, max_atoms: int = BLOCK_ATOMS) -> Iterator[tuple[int, int]]:
-        """Consecutive structure ranges [s0, s1) of ≤ ``max_atoms`` atoms (or one structure, if larger), covering the
-        store in order: the unit of every whole-store pass."""
-        s0 = 0
+    def blocks(self, max_atoms: int | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive structure ranges [s0, s1) of ≤ ``max_atoms`` atoms (None: ``BLOCK_ATOMS``; a larger structure
+        is a block of its own), covering the store in order: the unit of every whole-store pass."""
+        max_atoms, s0 = max_atoms or BLOCK_ATOMS, 0
         while s0 < len(self):
             s1 = int(np.searchsorted(self.offsets, self.offsets[s0] + max_atoms, side="right")) - 1
             s1 = min(max(s1, s0 + 1), len(self))

@@ -118,8 +118,10 @@ def test_spice_skips_nan_conformers(tmp_path, caplog):
 def test_spice_structural_errors_name_file_and_group(tmp_path, mutation, message):
     path = tmp_path / "spice.hdf5"
     write_spice(path, mutate=lambda name, g: mutation(g) if name == "water" else None)
+    stream = read_spice(path)
+    assert next(stream).info["molecule"] == "C#C"  # read molecule by molecule: the good one before the bad one
     with pytest.raises(InvalidStructureError) as err:
-        list(read_spice(path))
+        list(stream)
     assert f"{path}[water]" in str(err.value) and message in str(err.value)
 
 
