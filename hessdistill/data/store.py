@@ -284,16 +284,22 @@ class HessianStore:
         """Per-element reference energies (119,) eV by least squares over structures ``indices`` (None: all; an
         element absent from them gets 0), and their force RMS, eV/Å: what a student's energy head is scaled and
         shifted by. All structures: the values recorded when the store was written; a subset (a training split):
-        one pass over the store in blocks (``data.statistics``), reading only z, energies and forces."""
+        one pass over the store in blocks (``accumulate_statistics``)."""
         chosen = np.arange(len(self)) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
         recorded = self.file.attrs.get("energy_statistics")
         if recorded is not None and np.array_equal(chosen, np.arange(len(self))):
             recorded = json.loads(recorded)
             return np.asarray(recorded["references"], dtype=np.float64), float(recorded["force_rms"])
-        g, statistics = self._structure_reader(), EnergyStatistics()
+        statistics = EnergyStatistics()
+        self.accumulate_statistics(statistics, chosen)
+        return statistics.result()
+
+    def accumulate_statistics(self, statistics: EnergyStatistics, indices: np.ndarray) -> None:
+        """Add structures ``indices`` (sorted) to ``statistics``, reading z, energies and forces block by block."""
+        g = self._structure_reader()
         bar = progress(desc=f"statistics of {self.path.name}", unit="structure", total=len(self))
         for s0, s1 in self.blocks():
-            picked = chosen[np.searchsorted(chosen, s0) : np.searchsorted(chosen, s1)]
+            picked = indices[np.searchsorted(indices, s0) : np.searchsorted(indices, s1)]
             bar.update(s1 - s0)
             if not len(picked):
                 continue
@@ -303,7 +309,6 @@ class HessianStore:
             atoms = starts + np.arange(int(n_atoms.sum()))  # rows of the picked structures' atoms in the block
             statistics.add(g["z"][a0:a1][atoms], n_atoms, g["energy"][s0:s1][picked - s0], g["forces"][a0:a1][atoms])
         bar.close()
-        return statistics.result()
 
     # ---- teachers -------------------------------------------------------------------------------------
     def teachers(self) -> list[str]:
