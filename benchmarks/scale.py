@@ -3,8 +3,9 @@
 We cannot ship SPICE (≈1.1 M conformers, ≈30 GB) or MPtrj (≈1.58 M frames, ≈12 GB), so this writes synthetic files
 of their exact layouts, streaming, into a temporary folder: an MPtrj-shaped JSON (mp-id → frame-id → frame with a
 pymatgen Structure dict, energies, force, stress, magmom, band gap; ~10 frames per material, 4–56 atoms per cell,
-2 % of materials with yttrium) and a SPICE-shaped HDF5 (one group per molecule, ~50 float32 conformers of 8–60
-atoms, energies and gradients, subset and smiles strings; 1 % of molecules with iodine). For each size it then
+2 % of materials with yttrium; beyond 2000 materials they repeat under new mp-ids) and a SPICE-shaped HDF5 (one
+group per molecule, ~50 float32 conformers of 8–60 atoms, energies and gradients, subset and smiles strings; 1 % of
+molecules with iodine). For each size it then
 
   store       builds the paper's subsets from them (``subset=mptrj_yttrium``, and an iodine subset of the SPICE file)
               through ``build_store``: streamed reading, selection, store written in chunks;
@@ -84,25 +85,41 @@ def _mptrj_frame(rng, symbols: list[str], mp_id: str, cell: np.ndarray, xyz: np.
     }
 
 
-def write_mptrj(path: Path, n_frames: int, seed: int = 0, yttrium: float = 0.02) -> dict:
-    """An MPtrj-shaped JSON of ``n_frames`` frames, one material (~10 frames, 4–56 atoms) at a time."""
+def _mptrj_material(rng, yttrium: float, max_frames: int) -> tuple[str, int, bool]:
+    """A random material's frames (≤ max_frames) as JSON text with the placeholder mp-id "@ID@", how many frames,
+    and whether it holds yttrium (with probability ``yttrium``)."""
+    n_atoms = int(rng.integers(4, 57))
+    species = list(rng.choice(ELEMENTS, size=int(rng.integers(1, 5)), replace=False))
+    if rng.random() < yttrium:
+        species[0] = "Y"
+    symbols = [species[k % len(species)] for k in range(n_atoms)]
+    n = min(int(rng.integers(1, 20)), max_frames)
+    cell, xyz = _grid_cell(rng, n_atoms)
+    frames = {f"@ID@-{k}": _mptrj_frame(rng, symbols, "@ID@", cell, xyz) for k in range(n)}
+    return json.dumps(frames), n, "Y" in species
+
+
+def write_mptrj(path: Path, n_frames: int, seed: int = 0, yttrium: float = 0.02, distinct: int = 2000) -> dict:
+    """An MPtrj-shaped JSON of ``n_frames`` frames, one material (1–19 frames of 4–56 atoms) at a time. The first
+    ``distinct`` materials are drawn at random, later ones repeat them in turn under new mp-ids: encoding JSON is
+    the generator's bottleneck, and the reader's work per frame is the same."""
     rng = np.random.default_rng(seed)
     written = with_y = 0
+    pool: list[tuple[str, int, bool]] = []
     with path.open("w") as f:
         f.write("{")
         while written < n_frames:
+            if len(pool) < distinct:
+                pool.append(_mptrj_material(rng, yttrium, n_frames - written))
+                text, n, has_y = pool[-1]
+            else:
+                text, n, has_y = pool[written % distinct]
+                if n > n_frames - written:  # the last material: a fresh one that fits
+                    text, n, has_y = _mptrj_material(rng, yttrium, n_frames - written)
             mp_id = f"mp-{written}"
-            n_atoms = int(rng.integers(4, 57))
-            species = list(rng.choice(ELEMENTS, size=int(rng.integers(1, 5)), replace=False))
-            if rng.random() < yttrium:
-                species[0] = "Y"
-            symbols = [species[k % len(species)] for k in range(n_atoms)]
-            n = min(int(rng.integers(1, 20)), n_frames - written)
-            cell, xyz = _grid_cell(rng, n_atoms)
-            frames = {f"{mp_id}-{k}": _mptrj_frame(rng, symbols, mp_id, cell, xyz) for k in range(n)}
-            f.write(("," if written else "") + json.dumps(mp_id) + ":" + json.dumps(frames))
+            f.write(("," if written else "") + json.dumps(mp_id) + ":" + text.replace("@ID@", mp_id))
             written += n
-            with_y += n * ("Y" in species)
+            with_y += n * has_y
         f.write("}")
     return {"frames": written, "yttrium_frames": with_y}
 
