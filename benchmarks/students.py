@@ -49,7 +49,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     max_batch = args.max_batch or (8192 if device.type == "cuda" else 256)
-    structures = read_ase(DEMO)[::6]  # 30 structures across the six molecules
+    structures = list(read_ase(DEMO))[::6]  # 30 structures across the six molecules
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); demo molecules of "
           f"{min(s.n_atoms for s in structures)}–{max(s.n_atoms for s in structures)} atoms")
     header = (f"{'student':9s} {'forces':12s} {'params':>9s} {'struct/s @64':>13s} {'best batch':>10s} "

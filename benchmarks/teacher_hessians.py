@@ -226,7 +226,7 @@ def main() -> None:
 
     teacher, what = build_teacher(args)
     teacher = teacher.to(device)
-    structures = read_ase(args.data)
+    structures = list(read_ase(args.data))
     step = max(1, len(structures) // args.n_structures)  # evenly spaced: a mix of molecules and sizes
     structures = structures[::step][: args.n_structures]
     # batched as precompute batches them: by size, so a batch's lanes (3·N_max) waste little on smaller members

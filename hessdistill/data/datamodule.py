@@ -1,4 +1,5 @@
-"""Lightning data module streaming structures and their labels from a HessianStore.
+"""Lightning data module streaming structures and their labels from a HessianStore (or several read as one, a
+``StoreSet``).
 
 Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s sampled
 Hessian rows) per item. The radius graph is built per structure in the workers. Items and batches follow the batch
@@ -19,6 +20,7 @@ from hessdistill.data.graph import radius_graph
 from hessdistill.data.labels import TeacherLabels
 from hessdistill.data.splits import read_split_file, split_indices, write_split_file
 from hessdistill.data.store import HessianStore
+from hessdistill.data.store_set import StoreSet, open_stores
 from hessdistill.hessian.rows import mixed_seed, rows_generator
 
 
@@ -30,10 +32,16 @@ class EpochSampler(Sampler):
     Under DDP (torch.distributed initialised) rank r of w takes every w-th entry from r of the permutation, padded
     by wrapping to a multiple of w: with a per-rank batch of b, the w ranks' k-th batches together are exactly the
     k-th batch of b·w a single process would see, and every rank has the same number of equal-sized batches (so
-    averaging the ranks' per-structure means gives the global mean)."""
+    averaging the ranks' per-structure means gives the global mean).
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    parts: the positions grouped by the store that holds them (a ``StoreSet`` of shard stores). When the w ranks
+    divide the parts, rank r draws only from parts r, r+w, … — it reads only its own stores, e.g. those on its
+    node's disk — in a permutation seeded by (seed, epoch, r), padded by wrapping to the largest rank's count
+    (equal batches on every rank); the union of the ranks' batches is then no longer one process's order.
+    Otherwise (one process, or w not dividing the parts) parts are ignored."""
+
+    def __init__(self, n: int, seed: int, parts: list[np.ndarray] | None = None) -> None:
+        self.n, self.seed, self.epoch, self.parts = n, seed, 0, parts
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -45,11 +53,22 @@ class EpochSampler(Sampler):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
+    def _rank_local(self, world: int) -> bool:
+        return self.parts is not None and world > 1 and len(self.parts) % world == 0
+
     def __len__(self) -> int:
-        return -(-self.n // self._rank_world()[1])
+        world = self._rank_world()[1]
+        if self._rank_local(world):
+            return max(sum(len(p) for p in self.parts[r::world]) for r in range(world))
+        return -(-self.n // world)
 
     def __iter__(self):
         rank, world = self._rank_world()
+        if self._rank_local(world):
+            mine = np.concatenate(self.parts[rank::world])
+            order = torch.randperm(len(mine), generator=torch.Generator().manual_seed(
+                mixed_seed(self.seed, self.epoch, rank))).numpy()
+            return iter([(int(k), self.epoch) for k in np.resize(mine[order], len(self))])
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch)))
         padded = torch.cat([order, order[: len(self) * world - self.n]])
         return iter([(int(k), self.epoch) for k in padded[rank::world]])
@@ -64,7 +83,7 @@ class StoreDataset(Dataset):
     rows every time (validation, test, evaluation: pass the split seed).
     """
 
-    def __init__(self, store: HessianStore, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
+    def __init__(self, store: HessianStore | StoreSet, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
                  cutoff: float, max_neighbors: int | None = None, dtype: torch.dtype = torch.float32,
                  rows_seed: int = 0) -> None:
         self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
@@ -88,7 +107,8 @@ class StoreDataset(Dataset):
 
 
 class StoreDataModule(L.LightningDataModule):
-    """Train/val/test loaders over one store.
+    """Train/val/test loaders over one store, or over several stores of disjoint structures read as one
+    (``store``: a list of paths; ``data.store_set``).
 
     labels: the run's teacher-label source (``StoredLabels`` or ``OnlineLabels``; None: reference labels only);
     rows: Hessian rows per training structure, eval_rows per validation/test structure.
@@ -96,21 +116,23 @@ class StoreDataModule(L.LightningDataModule):
     (e.g. "molecule") splits whole groups; split_file: a JSON split record — read when it exists (and checked to
     belong to this store), else written there, so every later run uses exactly the same split.
     seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
+    rank_local: with several stores under DDP, each rank trains on the structures of its own stores only
+    (``EpochSampler``'s parts: rank r of w takes stores r, r+w, …).
     """
 
-    def __init__(self, store: str, labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
+    def __init__(self, store: str | list[str], labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4,
                  dtype: str = "float32", split_by: str | None = None,
-                 split_file: str | None = None, seed: int = 0) -> None:
+                 split_file: str | None = None, seed: int = 0, rank_local: bool = False) -> None:
         super().__init__()
         self.store_path, self.labels, self.rows = store, labels, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.split_sizes, self.split_seed, self.split_by = tuple(split), split_seed, split_by
         self.cutoff, self.max_neighbors = cutoff, max_neighbors
-        self.eval_rows, self.seed = eval_rows, seed
+        self.eval_rows, self.seed, self.rank_local = eval_rows, seed, rank_local
         self.dtype = getattr(torch, dtype)
-        self.store = HessianStore(store)
+        self.store = open_stores(store)
         self.splits = self._make_splits(split_file)
 
     def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
@@ -136,9 +158,17 @@ class StoreDataModule(L.LightningDataModule):
                             self.cutoff, self.max_neighbors, self.dtype,
                             rows_seed=self.seed if training else self.split_seed)
 
+    def store_parts(self, name: str) -> list[np.ndarray] | None:
+        """Positions in split ``name`` grouped by the store holding their structures (None: a single store)."""
+        if not isinstance(self.store, StoreSet):
+            return None
+        owner = np.searchsorted(self.store.starts, self.splits[name], side="right") - 1
+        return [np.flatnonzero(owner == k) for k in range(len(self.store.stores))]
+
     def train_dataloader(self):
         dataset = self.dataset("train")
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed),
+        parts = self.store_parts("train") if self.rank_local else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochSampler(len(dataset), self.seed, parts),
                           drop_last=False, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self):

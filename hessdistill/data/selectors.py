@@ -3,6 +3,8 @@
 A subset config lists selectors under ``select`` (each a Hydra ``_target_`` with arguments); a structure is kept
 when every selector accepts it. ``AnyOf`` and ``Not`` compose them further, e.g. "contains I or Br, but not
 charged". Selectors that read metadata (``InfoMatches``, ``InfoRange``) reject structures lacking the key.
+``Selection`` applies them to a stream, as a reader yields structures, so a subset of a file larger than memory is
+cut without holding the file.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
@@ -191,11 +193,36 @@ class Not:
         return f"Not({self.selector})"
 
 
-def select(structures: Sequence[Structure], selectors: Sequence[Selector]) -> list[Structure]:
-    """The structures every selector accepts, in their original order; logs how many each selector kept."""
-    kept = list(structures)
-    for sel in selectors:
-        before = len(kept)
-        kept = [s for s in kept if sel(s)]
-        log.info("%r kept %d of %d structures", sel, len(kept), before)
+class Selection:
+    """The structures every selector accepts, streamed in their original order; counts what each selector saw and
+    kept (a structure meets the selectors in order and stops at the first that rejects it)."""
+
+    def __init__(self, selectors: Sequence[Selector]) -> None:
+        self.selectors = list(selectors)
+        self.seen = 0
+        self.kept = [0] * len(self.selectors)
+
+    def __call__(self, structures: Iterable[Structure]) -> Iterator[Structure]:
+        for s in structures:
+            self.seen += 1
+            for k, sel in enumerate(self.selectors):
+                if not sel(s):
+                    break
+                self.kept[k] += 1
+            else:
+                yield s
+
+    def log_counts(self) -> None:
+        """Log, per selector, how many structures it kept of those it saw."""
+        before = self.seen
+        for sel, kept in zip(self.selectors, self.kept):
+            log.info("%r kept %d of %d structures", sel, kept, before)
+            before = kept
+
+
+def select(structures: Iterable[Structure], selectors: Sequence[Selector]) -> list[Structure]:
+    """The structures every selector accepts, in their original order, as a list; logs how many each selector kept."""
+    selection = Selection(selectors)
+    kept = list(selection(structures))
+    selection.log_counts()
     return kept

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +80,16 @@ def split_indices(n: int, sizes: Sequence[float | None], seed: int,
     return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}
 
 
-def store_fingerprint(z: np.ndarray, positions: np.ndarray, offsets: np.ndarray) -> str:
-    """SHA-1 of a store's atoms (atomic numbers, positions, offsets): a split file is valid only for this store."""
+def store_fingerprint(offsets: np.ndarray, z_blocks: Iterable[np.ndarray], position_blocks: Iterable[np.ndarray]
+                      ) -> str:
+    """SHA-1 of a store's atoms (offsets, then atomic numbers, then positions, each given as consecutive blocks of
+    atoms, so a large store is hashed in bounded memory): a split file is valid only for this store."""
     h = hashlib.sha1()
-    for array in (np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(z, np.int64),
-                  np.ascontiguousarray(positions, np.float64)):
-        h.update(array.tobytes())
+    h.update(np.ascontiguousarray(offsets, np.int64).tobytes())
+    for block in z_blocks:
+        h.update(np.ascontiguousarray(block, np.int64).tobytes())
+    for block in position_blocks:
+        h.update(np.ascontiguousarray(block, np.float64).tobytes())
     return h.hexdigest()
 
 

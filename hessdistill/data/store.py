@@ -2,7 +2,9 @@
 
 Layout (all per-atom arrays are ragged, concatenated over structures, indexed by ``offsets``)::
 
-    /                      attrs: format="hessdistill-store", version, units (JSON)
+    /                      attrs: format="hessdistill-store", version, units (JSON); energy_statistics (JSON:
+                           per-element references (119,) eV and force RMS eV/Å of all structures, computed as they
+                           were written; ``data.statistics``)
     /structures/z          (A,) int16            atomic numbers, A = Σ N_i
     /structures/positions  (A, 3) float64        Å
     /structures/offsets    (M+1,) int64          structure i's atoms are offsets[i]:offsets[i+1]
@@ -27,22 +29,27 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
 A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely. Every change
 to the file's structure (a new store, teacher group or node features) is written into a side file and renamed over
 the store (``store_files``), so a failed write leaves the store as it was; the index arrays are checked against the
-datasets before they are used (``store_checks``).
+datasets before they are used (``store_checks``). The /structures datasets are chunked and written chunk by chunk
+(``write_structures`` takes a stream), and whole-store passes (fingerprint, statistics, info) read them in blocks of
+≤ ``BLOCK_ATOMS`` atoms: nothing reads a whole array.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from hessdistill.data.progress import progress
 from hessdistill.data.splits import store_fingerprint
+from hessdistill.data.statistics import EnergyStatistics
 from hessdistill.data.store_checks import LAYOUTS, check_structures, check_teacher, hessian_sizes
 from hessdistill.data.store_files import StoreError, open_h5, replacing, require_space
 from hessdistill.data.structures import Structure
@@ -52,6 +59,12 @@ VERSION = 1
 METADATA_BYTES = 2**20  # room for a rebuilt store's HDF5 metadata, on top of its datasets
 BLOCK_READ = 2**16  # a full-layout Hessian block up to this many values is read whole (256 KiB of float32)
 UNITS = {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "hessian": "eV/Angstrom^2"}
+CHUNK_STRUCTURES = 4096  # structures validated and appended per write: a store's writer holds one such chunk
+BLOCK_ATOMS = 2**20  # atoms per block of a whole-store pass (positions: 24 MiB)
+# HDF5 chunk rows of the /structures datasets (per structure, per atom): one structure's read touches one or two
+# chunks of ≤ 192 KiB, and the layout does not depend on how many structures each write appended
+STRUCTURE_CHUNKS = {"z": 8192, "positions": 8192, "forces": 8192, "offsets": 4096, "cell": 4096, "pbc": 4096,
+                    "energy": 4096, "info": 4096}
 
 
 def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
@@ -76,40 +89,78 @@ def _triangle(width: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarr
     return (i, j), (j, i)
 
 
-def write_structures(path: str | Path, structures: Sequence[Structure], overwrite: bool = False,
-                     attrs: dict | None = None) -> None:
-    """Create a store from validated structures (written to ``<path>.partial`` then renamed: never half-written).
+class EmptyStoreError(StoreError):
+    """A store was to be written from no structures."""
 
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _structure_datasets(f: h5py.File) -> h5py.Group:
+    """The empty, extendable /structures datasets (see the module docstring for shapes and units)."""
+    g = f.create_group("structures")
+    shapes = {"z": ((0,), np.int16), "positions": ((0, 3), np.float64), "cell": ((0, 3, 3), np.float64),
+              "pbc": ((0, 3), bool), "energy": ((0,), np.float64), "forces": ((0, 3), np.float64),
+              "info": ((0,), h5py.string_dtype())}
+    for name, (shape, dtype) in shapes.items():
+        g.create_dataset(name, shape, dtype, maxshape=(None, *shape[1:]), chunks=(STRUCTURE_CHUNKS[name], *shape[1:]))
+    g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(STRUCTURE_CHUNKS["offsets"],))
+    return g
+
+
+def _append(g: h5py.Group, chunk: list[Structure]) -> None:
+    """Validate a chunk of structures and append it to the /structures datasets."""
+    for s in chunk:
+        s.validate(require_labels=True)
+    m0, a0 = g["energy"].shape[0], g["z"].shape[0]
+    counts = np.array([s.n_atoms for s in chunk], dtype=np.int64)
+    m1, a1 = m0 + len(chunk), a0 + int(counts.sum())
+    columns = {"z": np.concatenate([s.z for s in chunk]).astype(np.int16),
+               "positions": np.concatenate([s.positions for s in chunk]),
+               "forces": np.concatenate([s.forces for s in chunk]),
+               "cell": np.stack([s.cell for s in chunk]), "pbc": np.stack([s.pbc for s in chunk]),
+               "energy": np.array([s.energy for s in chunk], dtype=np.float64),
+               "info": np.array([json.dumps({**s.info, "source": s.source}, default=str) for s in chunk], dtype=object)}
+    for name, values in columns.items():
+        start, stop = (a0, a1) if name in ("z", "positions", "forces") else (m0, m1)
+        g[name].resize(stop, axis=0)
+        g[name][start:stop] = values
+    g["offsets"].resize(m1 + 1, axis=0)
+    g["offsets"][m0 + 1 : m1 + 1] = a0 + np.cumsum(counts)
+
+
+def write_structures(path: str | Path, structures: Iterable[Structure], overwrite: bool = False,
+                     attrs: dict | None = None, chunk_size: int = CHUNK_STRUCTURES) -> int:
+    """Create a store from structures (any iterable: a reader's stream is consumed once, ``chunk_size`` structures
+    at a time, so memory holds one chunk); returns how many were written. Each is validated (labels required).
+
+    Written to ``<path>.<pid>.partial`` then renamed (``store_files.replacing``): never half-written. The energy
+    statistics of all structures are accumulated on the way and recorded as the root attribute
+    ``energy_statistics`` (JSON; floats exact).
     attrs: extra root attributes recording how the store was made (e.g. ``subset``: the subset config as JSON)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    if not structures:
-        raise StoreError(f"{path}: no structures to write")
-    for s in structures:
-        s.validate(require_labels=True)
-    counts = np.array([s.n_atoms for s in structures])
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # concurrent shard jobs may race to create it
-    try:
-        with h5py.File(partial, "w") as f:
-            f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS),
-                           created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            f.attrs.update(attrs or {})
-            g = f.create_group("structures")
-            g["z"] = np.concatenate([s.z for s in structures]).astype(np.int16)
-            g["positions"] = np.concatenate([s.positions for s in structures])
-            g["offsets"] = offsets
-            g["cell"] = np.stack([s.cell for s in structures])
-            g["pbc"] = np.stack([s.pbc for s in structures])
-            g["energy"] = np.array([s.energy for s in structures], dtype=np.float64)
-            g["forces"] = np.concatenate([s.forces for s in structures])
-            info = [json.dumps({**s.info, "source": s.source}, default=str) for s in structures]
-            g.create_dataset("info", data=np.array(info, dtype=object), dtype=h5py.string_dtype())
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    partial.rename(path)
+    statistics = EnergyStatistics()
+    with replacing(path) as partial, h5py.File(partial, "w") as f, \
+            progress(desc=f"writing {path.name}", unit="structure") as bar:
+        f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS),
+                       created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        f.attrs.update(attrs or {})
+        g = _structure_datasets(f)
+        for chunk in _chunks(structures, chunk_size):
+            _append(g, chunk)
+            statistics.add(np.concatenate([s.z for s in chunk]), [s.n_atoms for s in chunk],
+                           [s.energy for s in chunk], np.concatenate([s.forces for s in chunk]))
+            bar.update(len(chunk))
+        if not statistics.n_structures:
+            raise EmptyStoreError(f"{path}: no structures to write")
+        references, force_rms = statistics.result()
+        f.attrs["energy_statistics"] = json.dumps({"references": references.tolist(), "force_rms": force_rms})
+    return statistics.n_structures
 
 
 class HessianStore:
@@ -185,21 +236,33 @@ class HessianStore:
                                            ("z", "positions", "cell", "pbc", "energy", "forces", "info")}
         return self._readers["structures"]
 
+    def blocks(self, max_atoms: int | None = None) -> Iterator[tuple[int, int]]:
+        """Consecutive structure ranges [s0, s1) of ≤ ``max_atoms`` atoms (None: ``BLOCK_ATOMS``; a larger structure
+        is a block of its own), covering the store in order: the unit of every whole-store pass."""
+        max_atoms, s0 = max_atoms or BLOCK_ATOMS, 0
+        while s0 < len(self):
+            s1 = int(np.searchsorted(self.offsets, self.offsets[s0] + max_atoms, side="right")) - 1
+            s1 = min(max(s1, s0 + 1), len(self))
+            yield s0, s1
+            s0 = s1
+
     def info_values(self, key: str) -> list:
         """``info[key]`` of every structure (e.g. "molecule" for a group split); StoreError naming the first
         structure that lacks it."""
         values = []
-        for i, raw in enumerate(self.file["structures/info"][:]):
-            info = json.loads(raw)
-            if key not in info:
-                raise StoreError(f"{self.path}[{i}]: structure has no info key {key!r} (has: {sorted(info)})")
-            values.append(info[key])
+        for s0, s1 in self.blocks():
+            for i, raw in enumerate(self.file["structures/info"][s0:s1], start=s0):
+                info = json.loads(raw)
+                if key not in info:
+                    raise StoreError(f"{self.path}[{i}]: structure has no info key {key!r} (has: {sorted(info)})")
+                values.append(info[key])
         return values
 
     def fingerprint(self) -> str:
-        """SHA-1 of the store's atomic numbers, positions and offsets (identifies its structures)."""
+        """SHA-1 of the store's atomic numbers, positions and offsets (identifies its structures), read in blocks."""
         g = self.file["structures"]
-        return store_fingerprint(g["z"][:], g["positions"][:], self.offsets)
+        atoms = [(int(self.offsets[s0]), int(self.offsets[s1])) for s0, s1 in self.blocks()]
+        return store_fingerprint(self.offsets, (g["z"][a:b] for a, b in atoms), (g["positions"][a:b] for a, b in atoms))
 
     def structures(self, indices: Iterable[int] | None = None):
         for i in range(len(self)) if indices is None else indices:
@@ -214,20 +277,35 @@ class HessianStore:
             self.file.copy(self.file["structures"], out, "structures")
         return path
 
-    def energy_statistics(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-element reference energies (119,) eV by least squares over structures ``indices`` (an element absent
-        from them gets 0), and their force RMS, eV/Å: what a student's energy head is scaled and shifted by."""
+    def energy_statistics(self, indices: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """Per-element reference energies (119,) eV by least squares over structures ``indices`` (None: all; an
+        element absent from them gets 0), and their force RMS, eV/Å: what a student's energy head is scaled and
+        shifted by. All structures: the values recorded when the store was written; a subset (a training split):
+        one pass over the store in blocks (``accumulate_statistics``)."""
+        chosen = np.arange(len(self)) if indices is None else np.sort(np.asarray(indices, dtype=np.int64))
+        recorded = self.file.attrs.get("energy_statistics")
+        if recorded is not None and np.array_equal(chosen, np.arange(len(self))):
+            recorded = json.loads(recorded)
+            return np.asarray(recorded["references"], dtype=np.float64), float(recorded["force_rms"])
+        statistics = EnergyStatistics()
+        self.accumulate_statistics(statistics, chosen)
+        return statistics.result()
+
+    def accumulate_statistics(self, statistics: EnergyStatistics, indices: np.ndarray) -> None:
+        """Add structures ``indices`` (sorted) to ``statistics``, reading z, energies and forces block by block."""
         g = self._structure_reader()
-        z, energy = g["z"][:], g["energy"][:]
-        counts = np.zeros((len(indices), 119))
-        for row, i in enumerate(indices):
-            np.add.at(counts[row], z[self.offsets[i] : self.offsets[i + 1]], 1)
-        present = counts.any(axis=0)
-        coef, *_ = np.linalg.lstsq(counts[:, present], energy[indices], rcond=None)
-        refs = np.zeros(119)
-        refs[present] = coef
-        atoms = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
-        return refs, float(np.sqrt((g["forces"][:][atoms] ** 2).mean()))
+        bar = progress(desc=f"statistics of {self.path.name}", unit="structure", total=len(self))
+        for s0, s1 in self.blocks():
+            picked = indices[np.searchsorted(indices, s0) : np.searchsorted(indices, s1)]
+            bar.update(s1 - s0)
+            if not len(picked):
+                continue
+            a0, a1 = int(self.offsets[s0]), int(self.offsets[s1])
+            n_atoms = self.offsets[picked + 1] - self.offsets[picked]
+            starts = np.repeat(self.offsets[picked] - a0 - np.concatenate([[0], np.cumsum(n_atoms)[:-1]]), n_atoms)
+            atoms = starts + np.arange(int(n_atoms.sum()))  # rows of the picked structures' atoms in the block
+            statistics.add(g["z"][a0:a1][atoms], n_atoms, g["energy"][s0:s1][picked - s0], g["forces"][a0:a1][atoms])
+        bar.close()
 
     # ---- teachers -------------------------------------------------------------------------------------
     def teachers(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""A subset config → its store: read the source, keep what the selectors accept, write the store once.
+"""A subset config → its store: stream the source, keep what the selectors accept, write the store once, in chunks
+(memory holds one chunk of kept structures and the reader's current molecule or material, not the source).
 
 The subset's ``source`` is a Hydra call of any reader in ``hessdistill.data.sources``; ``select`` is a list of
 selectors from ``hessdistill.data.selectors`` (all must accept a structure). The store records both (the source
@@ -10,16 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from hessdistill.data.selectors import select
+from hessdistill.data.selectors import Selection
 from hessdistill.data.source_record import check_source, source_record
-from hessdistill.data.store import HessianStore, StoreError, write_structures
-from hessdistill.data.structures import InvalidStructureError
+from hessdistill.data.store import CHUNK_STRUCTURES, EmptyStoreError, HessianStore, StoreError, write_structures
+from hessdistill.data.structures import InvalidStructureError, Structure
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,10 @@ def _selection(subset: DictConfig) -> list:
     return [] if chosen is None else OmegaConf.to_container(chosen, resolve=True)
 
 
-def _read_source(subset: DictConfig) -> list:
-    """The structures of ``subset.source``; a reader's own error (naming the file and frame) is raised as it is,
-    not inside Hydra's "Error in call to target" wrapper."""
+def _read_source(subset: DictConfig) -> Iterable[Structure]:
+    """The structures of ``subset.source``, as the reader streams them; a reader's own error at the call (naming the
+    file) is raised as it is, not inside Hydra's "Error in call to target" wrapper (errors met while streaming are
+    raised by the reader as they are anyway)."""
     try:
         return hydra.utils.call(subset.source)
     except InstantiationException as exc:
@@ -40,9 +43,11 @@ def _read_source(subset: DictConfig) -> list:
         raise
 
 
-def build_store(subset: DictConfig) -> Path:
+def build_store(subset: DictConfig, chunk_size: int = CHUNK_STRUCTURES) -> Path:
     """Path of the subset's store, creating it from ``subset.source`` and ``subset.select`` when missing; a store
-    built from another source (reader, arguments, file content) or selection is refused, naming both."""
+    built from another source (reader, arguments, file content) or selection is refused, naming both.
+
+    The source is read as a stream and filtered as it goes; kept structures are written ``chunk_size`` at a time."""
     path = Path(subset.store)
     wanted = json.dumps(_selection(subset), sort_keys=True)
     rebuild = (f"rebuild it: delete {path} (its teacher labels go with it) and rerun `hessdistill-precompute "
@@ -57,15 +62,17 @@ def build_store(subset: DictConfig) -> Path:
             check_source(path, built_from, subset.source, rebuild)
         return path
     record = json.dumps(source_record(subset.source))  # before reading: the file as it was read
-    structures = _read_source(subset)
-    selectors = [hydra.utils.instantiate(s) for s in subset.get("select") or []]
-    kept = select(structures, selectors)
-    if not kept:
-        raise StoreError(f"subset {subset.name}: no structures of {len(structures)} from {subset.source.get('path')} "
-                         f"pass the selection {wanted}")
+    selection = Selection([hydra.utils.instantiate(s) for s in subset.get("select") or []])
+    kept = selection(_read_source(subset))
     path.parent.mkdir(parents=True, exist_ok=True)
     source = json.dumps(OmegaConf.to_container(subset.source, resolve=True), sort_keys=True)
-    write_structures(path, kept, attrs={"subset_name": str(subset.name), "subset_source": source,
-                                        "subset_select": wanted, "subset_source_record": record})
-    log.info("wrote %d of %d structures from %s to %s", len(kept), len(structures), subset.source.get("path"), path)
+    try:
+        written = write_structures(path, kept, attrs={"subset_name": str(subset.name), "subset_source": source,
+                                                      "subset_select": wanted, "subset_source_record": record},
+                                   chunk_size=chunk_size)
+    except EmptyStoreError as exc:
+        raise StoreError(f"subset {subset.name}: no structures of {selection.seen} from {subset.source.get('path')} "
+                         f"pass the selection {wanted}") from exc
+    selection.log_counts()
+    log.info("wrote %d of %d structures from %s to %s", written, selection.seen, subset.source.get("path"), path)
     return path

@@ -59,7 +59,7 @@ def write_spice(path, mols=SPICE_MOLS, mutate=None):
 def test_spice_units_and_info(tmp_path):
     path = tmp_path / "spice.hdf5"
     arrays = write_spice(path)
-    structures = read_spice(path)
+    structures = list(read_spice(path))
     assert len(structures) == 5
     by_key = {(s.info["molecule"], s.info["conformer"]): s for s in structures}
     for name, (z, subset, smiles, n_conf) in SPICE_MOLS.items():
@@ -73,7 +73,7 @@ def test_spice_units_and_info(tmp_path):
             assert s.info["subset"] == subset and s.info["smiles"] == smiles
             assert s.source == f"{path}[{name}][conformer {k}]"
             assert not s.pbc.any() and not s.cell.any()
-    formation = read_spice(path, energy_key="formation_energy")
+    formation = list(read_spice(path, energy_key="formation_energy"))
     assert formation[0].energy == pytest.approx((arrays[formation[0].info["molecule"]][1][0] + 76.0) * Hartree)
 
 
@@ -87,10 +87,10 @@ def test_spice_plain_string_fields_and_subset_filter(tmp_path):
             g[key] = value
     write_spice(path, mutate=plain_strings)
     water_subset = SPICE_MOLS["water"][1]
-    kept = read_spice(path, subsets=[water_subset])
+    kept = list(read_spice(path, subsets=[water_subset]))
     assert len(kept) == 3 and {s.info["molecule"] for s in kept} == {"water"}
     assert kept[0].info["subset"] == water_subset and kept[0].info["smiles"] == SPICE_MOLS["water"][2]
-    assert read_spice(path, subsets=["no such subset"]) == []
+    assert list(read_spice(path, subsets=["no such subset"])) == []
 
 
 def test_spice_skips_nan_conformers(tmp_path, caplog):
@@ -107,7 +107,7 @@ def test_spice_skips_nan_conformers(tmp_path, caplog):
             g["dft_total_gradient"][...] = gr
     write_spice(path, mutate=nans)
     with caplog.at_level(logging.WARNING):
-        structures = read_spice(path)
+        structures = list(read_spice(path))
     assert sorted((s.info["molecule"], s.info["conformer"]) for s in structures) == [
         ("C#C", 1), ("water", 0), ("water", 2)]
     assert "skipped 2 conformer" in caplog.text
@@ -124,15 +124,17 @@ def test_spice_skips_nan_conformers(tmp_path, caplog):
 def test_spice_structural_errors_name_file_and_group(tmp_path, mutation, message):
     path = tmp_path / "spice.hdf5"
     write_spice(path, mutate=lambda name, g: mutation(g) if name == "water" else None)
+    stream = read_spice(path)
+    assert next(stream).info["molecule"] == "C#C"  # read molecule by molecule: the good one before the bad one
     with pytest.raises(InvalidStructureError) as err:
-        read_spice(path)
+        list(stream)
     assert f"{path}[water]" in str(err.value) and message in str(err.value)
 
 
 def test_spice_without_labels(tmp_path):
     path = tmp_path / "spice.hdf5"
     write_spice(path, mutate=lambda name, g: g.__delitem__("dft_total_gradient"))
-    structures = read_spice(path, require_labels=False)
+    structures = list(read_spice(path, require_labels=False))
     assert len(structures) == 5 and all(s.energy is None and s.forces is None for s in structures)
 
 
@@ -165,7 +167,7 @@ def write_ani(path, mutate=None):
 def test_ani_units_sign_and_nested_groups(tmp_path):
     path = tmp_path / "comp6.h5"
     arrays = write_ani(path)
-    structures = read_ani_hdf5(path)
+    structures = list(read_ani_hdf5(path))
     assert len(structures) == 5
     z_expected = {"s66x8/mol00": [8, 1, 1], "s66x8/mol01": [6, 1, 1, 1, 1]}
     for s in structures:
@@ -177,7 +179,7 @@ def test_ani_units_sign_and_nested_groups(tmp_path):
         np.testing.assert_allclose(s.forces, -grad[k].astype(np.float64) * Hartree, rtol=1e-15)
         assert s.source == f"{path}[{name}][conformer {k}]"
     # forces stored as forces (not gradients), in other units
-    plain = read_ani_hdf5(path, forces_are_gradients=False, energy_unit=2.0, length_unit=0.5)
+    plain = list(read_ani_hdf5(path, forces_are_gradients=False, energy_unit=2.0, length_unit=0.5))
     coords, energy, grad = arrays[plain[0].info["molecule"]]
     np.testing.assert_allclose(plain[0].positions, coords[0] * 0.5, rtol=1e-6)
     np.testing.assert_allclose(plain[0].forces, grad[0].astype(np.float64) * 4.0, rtol=1e-15)
@@ -196,7 +198,7 @@ def test_ani_atomic_number_species_and_nan_skip(tmp_path, caplog):
             g["energies"][...] = e
     write_ani(path, mutate=mutate)
     with caplog.at_level(logging.WARNING):
-        structures = read_ani_hdf5(path)
+        structures = list(read_ani_hdf5(path))
     assert len(structures) == 4
     assert [s.info["conformer"] for s in structures if s.info["molecule"] == "s66x8/mol01"] == [0, 1]
     assert structures[-1].z.tolist() == [6, 1, 1, 1, 1]
@@ -220,14 +222,14 @@ def test_ani_errors_name_file_and_group(tmp_path, key, replacement, message):
                 g[key] = replacement
     write_ani(path, mutate=mutate)
     with pytest.raises(InvalidStructureError) as err:
-        read_ani_hdf5(path)
+        list(read_ani_hdf5(path))
     assert f"{path}[s66x8/mol01]" in str(err.value) and message in str(err.value)
 
 
 # ---------------------------------------------------------------- real shared files
 
 def test_real_spice_sample():
-    structures = read_spice(shared_file("data/spice_1.1.4_sample_n2.hdf5"))
+    structures = list(read_spice(shared_file("data/spice_1.1.4_sample_n2.hdf5")))
     assert len(structures) == 55
     assert len({s.info["molecule"] for s in structures}) == 2
     energies = np.array([s.energy for s in structures])
@@ -241,7 +243,7 @@ def test_real_spice_sample():
 
 
 def test_real_comp6_s66x8():
-    structures = read_ani_hdf5(shared_file("data/comp6_s66x8_wb97x_631gd.h5"))
+    structures = list(read_ani_hdf5(shared_file("data/comp6_s66x8_wb97x_631gd.h5")))
     assert len(structures) == 528
     assert {int(z) for s in structures for z in s.z} == {1, 6, 7, 8}
     assert all(np.isfinite(s.forces).all() for s in structures)
@@ -250,7 +252,7 @@ def test_real_comp6_s66x8():
 def test_real_comp6_force_sign_agrees_with_ani1x(ani_teacher):
     """ANI-1x was trained at COMP6's level of theory: with the right sign convention its forces agree with
     the converted file forces (MAE ≲ 0.1 eV/Å, positive correlation); with the wrong sign they would not."""
-    structures = read_ani_hdf5(shared_file("data/comp6_s66x8_wb97x_631gd.h5"))[::106][:5]
+    structures = list(read_ani_hdf5(shared_file("data/comp6_s66x8_wb97x_631gd.h5")))[::106][:5]
     ref, pred = [], []
     for s in structures:
         _, forces = ani_teacher.energy_forces(make_batch([s.to_atoms()], ani_teacher.dtype))

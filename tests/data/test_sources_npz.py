@@ -20,7 +20,7 @@ def test_both_layouts_convert_units(tmp_path, rng, keys):
     z, r, e, f = fake_frames(rng)
     path = tmp_path / "ethanol.npz"
     np.savez(path, **dict(zip(keys, (z, r, e, f))))
-    structures = read_npz(path)
+    structures = list(read_npz(path))
     assert len(structures) == 3
     s = structures[1]
     np.testing.assert_array_equal(s.z, z)
@@ -44,4 +44,4 @@ def test_errors_name_the_file(tmp_path, rng):
     np.savez(unlabelled, z=z, R=r)
     with pytest.raises(InvalidStructureError, match="missing 'E' or 'F'"):
         read_npz(unlabelled)
-    assert read_npz(unlabelled, require_labels=False)[0].energy is None
+    assert next(read_npz(unlabelled, require_labels=False)).energy is None

@@ -150,9 +150,9 @@ def test_read_ase_without_forces_names_file_and_frame(tmp_path):
         frames.append(atoms)
     ase.io.write(path, frames, format="extxyz")
     with pytest.raises(InvalidStructureError, match=re.escape(f"{path}[frame 2]") + ".*forces"):
-        read_ase(path)
-    assert len(read_ase(path, require_labels=False)) == 3
-    assert len(read_ase(path, index=":2")) == 2
+        list(read_ase(path))
+    assert len(list(read_ase(path, require_labels=False))) == 3
+    assert len(list(read_ase(path, index=":2"))) == 2
 
 
 def test_nan_positions_error_names_source_and_nothing_is_written(tmp_path, rng):

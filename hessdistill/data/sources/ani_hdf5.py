@@ -3,18 +3,21 @@
 Layout: groups (possibly nested) each holding ``species`` (N,) element symbols (bytes/str) or atomic
 numbers, ``coordinates`` (C, N, 3), ``energies`` (C,) and ``forces`` (C, N, 3). Every group that has
 ``coordinates`` is one molecule. In COMP6 (and the ANI-1x release) energies are Hartree, coordinates Å, and
-the ``forces`` field is the energy *gradient* in Hartree/Å, hence ``forces_are_gradients=True``.
+the ``forces`` field is the energy *gradient* in Hartree/Å, hence ``forces_are_gradients=True``. Read molecule by
+molecule: memory holds one molecule's conformers, not the file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from ase.data import atomic_numbers as SYMBOL_TO_Z
 from ase.units import Hartree
 
+from hessdistill.data.progress import progress
 from hessdistill.data.sources.conformers import conformer_structures, labelled
 from hessdistill.data.structures import InvalidStructureError, Structure, unit_factors
 
@@ -37,13 +40,14 @@ def _species_to_z(raw, where: str) -> np.ndarray:
 
 def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: str = "forces",
                   forces_are_gradients: bool = True, energy_unit: float = Hartree, length_unit: float = 1.0,
-                  require_labels: bool = True) -> list[Structure]:
-    """Read every conformer of every molecule group (groups with ``coordinates``), walked recursively.
+                  require_labels: bool = True) -> Iterator[Structure]:
+    """Every conformer of every molecule group (groups with ``coordinates``, walked recursively), one molecule read
+    at a time.
 
     energy_unit / length_unit: factors converting the file's units to eV and Å (forces scale by
     energy_unit/length_unit). forces_are_gradients: negate the ``forces_key`` field (COMP6, ANI-1x).
     Conformers with NaN/inf energy or forces are skipped (count logged); missing datasets and shape
-    mismatches raise InvalidStructureError naming file and group.
+    mismatches raise InvalidStructureError naming file and group, when reached.
     """
     import h5py
 
@@ -51,18 +55,22 @@ def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: st
     if not path.is_file():
         raise FileNotFoundError(f"ANI HDF5 file not found: {path}")
     energy_unit, length_unit = unit_factors(path, energy_unit, length_unit)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidStructureError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
-    groups: list[str] = []
-    structures: list[Structure] = []
-    skipped = 0
+    if not h5py.is_hdf5(path):
+        raise InvalidStructureError(f"{path}: cannot be opened as HDF5 (not an HDF5 file)")
     sign = -1.0 if forces_are_gradients else 1.0
-    with handle as h5:
+    return _molecules(path, energy_key, forces_key, sign, energy_unit, length_unit, require_labels)
+
+
+def _molecules(path: Path, energy_key: str, forces_key: str, sign: float, energy_unit: float, length_unit: float,
+               require_labels: bool) -> Iterator[Structure]:
+    import h5py
+
+    groups: list[str] = []
+    skipped = 0
+    with h5py.File(path, "r") as h5:
         h5.visititems(lambda name, obj: groups.append(name)
                      if isinstance(obj, h5py.Group) and "coordinates" in obj else None)
-        for name in groups:
+        for name in progress(groups, desc=f"reading {path.name}", unit="molecule"):
             group = h5[name]
             where = f"{path}[{name}]"
             has_labels = labelled(group, where, ("species",), (energy_key, forces_key), require_labels)
@@ -78,8 +86,7 @@ def read_ani_hdf5(path: str | Path, energy_key: str = "energies", forces_key: st
                     forces = forces[None]
             found, n_skipped = conformer_structures(where, z, positions, energies, forces, {"molecule": name},
                                                     ("coordinates", energy_key, forces_key), require_labels)
-            structures += found
             skipped += n_skipped
+            yield from found
     if skipped:
         log.warning("%s: skipped %d conformer(s) with NaN/inf energy or forces", path, skipped)
-    return structures

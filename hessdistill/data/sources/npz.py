@@ -1,9 +1,11 @@
 """sGDML-style ``.npz`` trajectories (MD17, MD22: ``z``, ``R``, ``E``, ``F``; revised MD17: ``nuclear_charges``,
 ``coords``, ``energies``, ``forces``) as Structure records. Both ship energies in kcal/mol and forces in
-kcal/mol/Å, hence the default unit factor."""
+kcal/mol/Å, hence the default unit factor. The arrays are loaded whole (an ``.npz`` is a zip archive; MD22's
+largest is a few hundred MB)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,10 @@ KEYS = {"md": ("z", "R", "E", "F"), "rmd17": ("nuclear_charges", "coords", "ener
 
 
 def read_npz(path: str | Path, energy_unit: float = kcal / mol, length_unit: float = 1.0,
-             require_labels: bool = True) -> list[Structure]:
-    """Every frame of an MD17/MD22/rMD17 ``.npz``; energy_unit/length_unit convert to eV and Å
-    (default kcal/mol → eV). Raises InvalidStructureError naming the file for missing or misshapen arrays."""
+             require_labels: bool = True) -> Iterator[Structure]:
+    """Every frame of an MD17/MD22/rMD17 ``.npz`` (an iterator, like every reader); energy_unit/length_unit
+    convert to eV and Å (default kcal/mol → eV). Raises InvalidStructureError naming the file for missing or
+    misshapen arrays."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
@@ -39,4 +42,4 @@ def read_npz(path: str | Path, energy_unit: float = kcal / mol, length_unit: flo
             forces = np.asarray(data[f_key], dtype=np.float64) * (energy_unit / length_unit)
     structures, _ = conformer_structures(str(path), z, positions, energies, forces, {"molecule": path.stem},
                                          (r_key, e_key, f_key), require_labels)
-    return structures
+    return iter(structures)

@@ -2,18 +2,20 @@
 
 Layout (SPICE 1.x/2.x): per molecule group ``atomic_numbers`` (N,), ``conformations`` (C, N, 3) Bohr,
 ``dft_total_energy`` / ``formation_energy`` (C,) Hartree, ``dft_total_gradient`` (C, N, 3) Hartree/Bohr,
-``subset`` and ``smiles`` (a string, bytes, or an array holding one). Forces = −gradient.
+``subset`` and ``smiles`` (a string, bytes, or an array holding one). Forces = −gradient. Read molecule by
+molecule: memory holds one molecule's conformers, not the file.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from ase.units import Bohr, Hartree
 
+from hessdistill.data.progress import progress
 from hessdistill.data.sources.conformers import conformer_structures, labelled
 from hessdistill.data.structures import InvalidStructureError, Structure
 
@@ -38,29 +40,33 @@ def _read_text(group, key: str) -> str | None:
 
 
 def read_spice(path: str | Path, energy_key: str = "dft_total_energy", subsets: Iterable[str] | None = None,
-               require_labels: bool = True) -> list[Structure]:
-    """Read every conformer of every molecule group in a SPICE HDF5 file.
+               require_labels: bool = True) -> Iterator[Structure]:
+    """Every conformer of every molecule group in a SPICE HDF5 file, one molecule read at a time.
 
     energy_key: the per-conformer energy dataset (Hartree), e.g. ``dft_total_energy`` or ``formation_energy``.
-    subsets: keep only molecules whose ``subset`` string is in this collection (None: all).
+    subsets: keep only molecules whose ``subset`` string is in this collection (None: all); others are skipped
+    before their arrays are read.
     require_labels: if False, molecules lacking the energy/gradient datasets are read without labels.
     Conformers whose energy or gradient contains NaN are skipped (count logged); structural problems
-    (missing datasets, shape mismatches) raise InvalidStructureError naming file and group.
+    (missing datasets, shape mismatches) raise InvalidStructureError naming file and group, when reached.
     """
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SPICE file not found: {path}")
+    if not h5py.is_hdf5(path):
+        raise InvalidStructureError(f"{path}: cannot be opened as HDF5 (not an HDF5 file)")
     keep = None if subsets is None else {str(s) for s in ([subsets] if isinstance(subsets, str) else subsets)}
-    structures: list[Structure] = []
+    return _molecules(path, energy_key, keep, require_labels)
+
+
+def _molecules(path: Path, energy_key: str, keep: set[str] | None, require_labels: bool) -> Iterator[Structure]:
+    import h5py
+
     skipped = 0
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidStructureError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
-    with handle as h5:
-        for name in h5.keys():
+    with h5py.File(path, "r") as h5:
+        for name in progress(h5.keys(), desc=f"reading {path.name}", unit="molecule", total=len(h5)):
             group = h5[name]
             where = f"{path}[{name}]"
             if not isinstance(group, h5py.Group):
@@ -86,8 +92,7 @@ def read_spice(path: str | Path, energy_key: str = "dft_total_energy", subsets: 
                     **({"smiles": smiles} if smiles is not None else {})}
             found, n_skipped = conformer_structures(where, z, positions, energies, forces, info,
                                                     ("conformations", energy_key, GRADIENT_KEY), require_labels)
-            structures += found
             skipped += n_skipped
+            yield from found
     if skipped:
         log.warning("%s: skipped %d conformer(s) with NaN/inf energy or gradient", path, skipped)
-    return structures
