@@ -428,7 +428,7 @@ def already_clear_cases(tmp_path, trained):
     run_dir, common = trained
     return {
         "structure file missing": (lambda: read_ase(missing), FileNotFoundError, r"structure file not found: .*ing"),
-        "structure file unreadable": (lambda: read_ase(text, format="xyz"), InvalidStructureError,
+        "structure file unreadable": (lambda: list(read_ase(text, format="xyz")), InvalidStructureError,
                                       r"notes.txt: cannot be read by ASE"),
         "npz missing": (lambda: read_npz(tmp_path / "md.npz"), FileNotFoundError, r"npz file not found: .*md.npz"),
         "spice missing": (lambda: read_spice(tmp_path / "s.h5"), FileNotFoundError, r"SPICE file not found: .*s.h5"),
@@ -436,7 +436,7 @@ def already_clear_cases(tmp_path, trained):
                              r"ANI HDF5 file not found: .*a.h5"),
         "mptrj missing": (lambda: read_mptrj(tmp_path / "m.json"), FileNotFoundError, r"MPtrj file not found"),
         "spice not hdf5": (lambda: read_spice(text), InvalidStructureError, r"notes.txt: cannot be opened as HDF5"),
-        "mptrj not json": (lambda: read_mptrj(text), InvalidStructureError, r"notes.txt: not valid JSON"),
+        "mptrj not json": (lambda: list(read_mptrj(text)), InvalidStructureError, r"notes.txt: not valid JSON"),
         "unknown teacher": (lambda: compose_config("train", ["teacher=ani3x"]), MissingConfigException,
                             r"Could not find 'teacher/ani3x'\n\nAvailable options in 'teacher':"),
         "unknown student": (lambda: compose_config("train", ["student=painnn"]), MissingConfigException,
