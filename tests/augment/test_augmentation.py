@@ -243,3 +243,32 @@ def test_molecule_offsets_need_molecule_names(labelled_store, tmp_path):
     with pytest.raises(StoreError, match="has no info key 'molecule'"):
         dm.add_training_store(path, "molecule_offset")
     dm.add_training_store(path, "element_offset")
+
+
+def test_training_run_with_augmentation_offsets_and_residual_rows(labelled_store, tmp_path, monkeypatch):
+    """hessdistill-train's config wiring: augment builds its store from the training split, teacher_energy and
+    row_sampling reach the datamodule, and the residual buffer learns during the run."""
+    from hessdistill.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    original = StoreDataModule.add_training_store
+
+    def spy(self, path, teacher_energy="forces_only"):
+        original(self, path, teacher_energy)
+        seen.update(dm=self, path=path, teacher_energy=teacher_energy)
+
+    monkeypatch.setattr(StoreDataModule, "add_training_store", spy)
+    cfg = augment_config(labelled_store, tmp_path / "aug.h5", "rattle", "augment.generator.copies=1",
+                         "experiment=demo", "trainer.max_epochs=1", "subset.batch_size=8",
+                         "subset.split=[0.5,0.25,0.25]", "rows=2", "teacher_energy=molecule_offset",
+                         "row_sampling=residual", f"logger.0.save_dir={tmp_path / 'logs'}",
+                         "student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8",
+                         "student.cutoff=4.0")
+    result = train.run(cfg, str(tmp_path / "run"))
+    dm = seen["dm"]
+    assert seen["path"] == tmp_path / "aug.h5" and seen["teacher_energy"] == "molecule_offset"
+    assert len(dm.dataset("train")) == 2 * len(dm.splits["train"]) and result["test"]["test/force_mae"] > 0
+    buffer, offsets = dm.row_sampler.buffer, dm.row_sampler.offsets
+    learnt = [int((~buffer[offsets[i] : offsets[i + 1]].isnan()).sum()) for i in range(len(offsets) - 1)]
+    assert len(learnt) == 16 + 8 and all(n > 0 for n in learnt[16:])  # every added structure's rows were seen

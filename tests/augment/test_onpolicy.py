@@ -55,6 +55,14 @@ def test_selection_scores():
     assert top_scoring(made, 3) == [(4, 1), (7, 0), (7, 1)]  # best first, ties in parent order
 
 
+def test_committee_scores_need_checkpoints(tmp_path):
+    cfg = compose_config("onpolicy", ["onpolicy.score=committee"])
+    with pytest.raises(ValueError, match="onpolicy.score=committee needs checkpoints in onpolicy.committee"):
+        run_rounds(cfg, tmp_path)
+    with pytest.raises(ValueError, match="onpolicy.score must be one of"):
+        run_rounds(compose_config("onpolicy", ["onpolicy.score=nope"]), tmp_path)
+
+
 @pytest.mark.slow  # the real command in a subprocess (~25 s)
 def test_onpolicy_rounds_resume_after_a_kill(labelled_store, tmp_path):
     """The real command, killed while it samples round 1, then run again on its directory: the same rounds.json
