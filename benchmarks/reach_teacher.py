@@ -81,7 +81,8 @@ def parse_args(argv=None):
 
 
 def base_overrides(args, student: str, variant: str) -> list[str]:
-    chosen = [f"experiment={args.experiment}", f"student={student}", f"augment.device={args.device}", "augment.progress=false", "trainer.enable_progress_bar=false"]
+    chosen = [f"experiment={args.experiment}", f"student={student}", f"augment.device={args.device}",
+              "augment.progress=false", "trainer.enable_progress_bar=false"]
     chosen += [f"subset={args.subset}"] if args.subset else []
     chosen += [f"teacher={args.teacher}"] if args.teacher else []
     chosen += [f"subset.store={args.store}"] if args.store else []
