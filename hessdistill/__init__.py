@@ -3,14 +3,14 @@ by matching sampled rows of the teacher's energy Hessian (Amin, Raja, Krishnapri
 
 Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian row index j = 3·atom + axis.
 
-    import hessdistill as hd     # the commands as functions: hd.precompute, hd.train, hd.evaluate, hd.predict,
-                                 # hd.load_calculator, hd.compose; hd.HessianStore (see hessdistill.api)
+    import hessdistill as hd     # the commands as functions: hd.precompute, hd.train, hd.onpolicy, hd.evaluate,
+                                 # hd.predict, hd.load_calculator, hd.compose; hd.HessianStore (see hessdistill.api)
 """
 
 from hessdistill import config as _config  # noqa: F401  (registers the configs' resolvers)
 
 __version__ = "0.1.0"
-__all__ = ["HessianStore", "compose", "evaluate", "load_calculator", "precompute", "predict", "train"]
+__all__ = ["HessianStore", "compose", "evaluate", "load_calculator", "onpolicy", "precompute", "predict", "train"]
 
 
 def __getattr__(name: str):

@@ -3,6 +3,7 @@
     import hessdistill as hd
     hd.precompute("teacher=ani1x", "subset=demo_hcno")
     run = hd.train("trainer.max_epochs=20", experiment="demo", distill="hessian")
+    rounds = hd.onpolicy("onpolicy.rounds=2", experiment="demo")    # + the student's MD, labelled where it is wrong
     report = hd.evaluate(run=run["run_dir"])
     hd.predict(checkpoint=run["checkpoint"], input="in.xyz", output="out.xyz")
     atoms.calc = hd.load_calculator(run["checkpoint"], device="auto")
@@ -29,7 +30,8 @@ from hessdistill.integrations.ase_calculator import TorchCalculator
 
 
 def compose(command: str, *overrides: str, **choices) -> DictConfig:
-    """The config of ``command`` (train, precompute, evaluate, predict) with the given overrides and choices."""
+    """The config of ``command`` (train, onpolicy, precompute, evaluate, predict) with the given overrides and
+    choices."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(command, overrides=[*overrides, *(f"{k}={v}" for k, v in choices.items())])
 
@@ -61,6 +63,17 @@ def train(*overrides: str, config: DictConfig | None = None, output_dir: str | P
 
     cfg = _config("train", config, overrides, choices)
     return run(cfg, _run_dir(cfg.run_name, output_dir))
+
+
+def onpolicy(*overrides: str, config: DictConfig | None = None, output_dir: str | Path | None = None,
+             **choices) -> list[dict]:
+    """``hessdistill-onpolicy``: a training run, then on-policy rounds (the student's MD, its worst snapshots
+    labelled by the teacher and added to training, more training); returns the rounds' log (``rounds.json``). Pass
+    the ``output_dir`` of a killed run to resume it."""
+    from hessdistill.augment.onpolicy import run_rounds
+
+    cfg = _config("onpolicy", config, overrides, choices)
+    return run_rounds(cfg, _run_dir(f"onpolicy/{cfg.run_name}", output_dir))
 
 
 def evaluate(*overrides: str, config: DictConfig | None = None, output_dir: str | Path | None = None,

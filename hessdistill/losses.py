@@ -21,9 +21,11 @@ def per_structure_sum(values: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     return values.new_zeros(num_graphs).index_add(0, batch, values)
 
 
-def energy_loss(energy_pred: Tensor, energy_ref: Tensor) -> Tensor:
-    """mean_i |U_i − Û_i|², eV²."""
-    return ((energy_pred - energy_ref) ** 2).mean()
+def energy_loss(energy_pred: Tensor, energy_ref: Tensor, weight: Tensor | None = None) -> Tensor:
+    """mean_i w_i |U_i − Û_i|², eV². weight: (B,) per-structure weights (None: all 1), e.g. 0 for teacher-labelled
+    structures trained on forces only."""
+    squared = (energy_pred - energy_ref) ** 2
+    return (squared if weight is None else weight * squared).mean()
 
 
 def force_loss(forces_pred: Tensor, forces_ref: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
@@ -33,20 +35,25 @@ def force_loss(forces_pred: Tensor, forces_ref: Tensor, batch: Tensor, num_graph
 
 
 def hessian_kd_loss(student_rows: Tensor, teacher_rows: Tensor, batch: Tensor, num_graphs: int,
-                    norm: KDNorm = "squared") -> Tensor:
+                    norm: KDNorm = "squared", weight: Tensor | None = None) -> Tensor:
     """Hessian distillation term for s sampled rows per structure.
 
     student_rows: (s, Ntot, 3) ∂F̂_j/∂r of the student (from ``hessian.rows.force_jacobian_rows``);
     teacher_rows: (s, Ntot, 3) H_j of the teacher. The residual is H_j + ∂F̂_j/∂r.
     norm "squared" (the paper): mean_i (1/s) Σ_j ‖H_j + ∂F̂_j/∂r‖² over all 3N entries, (eV/Å²)².
     norm "l2_per_atom" (the authors' code): mean over rows and atoms of the per-atom 3-vector L2 norm, eV/Å².
+    weight: (B, s) importance weight of each structure's sampled rows, 1/(n·p_j) for rows drawn with probability
+    p_j out of n (``hessian.row_sampling``), so the expected term is the uniform one; None: uniform rows.
     """
     residual = teacher_rows + student_rows
+    lane_weight = None if weight is None else weight.T[:, batch]  # (s, Ntot): each atom takes its structure's
     if norm == "squared":
-        per_atom = (residual**2).sum(-1).mean(0)  # (Ntot,): (1/s) Σ_j over each atom's 3 entries
+        per_lane = (residual**2).sum(-1)  # (s, Ntot): each atom's 3 entries
+        per_atom = (per_lane if lane_weight is None else lane_weight * per_lane).mean(0)  # (1/s) Σ_j
         return per_structure_sum(per_atom, batch, num_graphs).mean()
     if norm == "l2_per_atom":
-        return residual.norm(dim=-1).mean()
+        norms = residual.norm(dim=-1)
+        return (norms if lane_weight is None else lane_weight * norms).mean()
     raise ValueError(f"unknown Hessian-KD norm {norm!r}; choose 'squared' or 'l2_per_atom'")
 
 

@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from hessdistill.augment.run import augmented
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
@@ -143,6 +144,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
                            compile=cfg.compile)
     labels = label_source(cfg, module.loss)
     dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
+    for path in [*augmented(cfg, dm), *cfg.get("added_stores", [])]:  # after the split: only training structures
+        dm.add_training_store(path, cfg.teacher_energy)
     empty = [name for name in ("train", "val") if len(dm.splits[name]) == 0]
     if empty:  # found now, not after a full epoch: the scheduler and the checkpoints watch val/loss_ef
         raise ValueError(f"{cfg.subset.store}: subset.split={list(cfg.subset.split)} leaves the {' and '.join(empty)} "

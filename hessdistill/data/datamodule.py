@@ -4,6 +4,9 @@
 Nothing is loaded whole: each worker opens the HDF5 file itself and reads one structure (and only its s sampled
 Hessian rows) per item. The radius graph is built per structure in the workers. Items and batches follow the batch
 schema (``hessdistill.data.keys``); teacher fields come from the run's one label source (``data.labels``).
+
+Stores of teacher-labelled structures (augmentation, on-policy rounds: ``data.added``) can join the training split
+(``add_training_store``); validation and test always hold the subset store's own structures only.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torch_geometric.loader import DataLoader
 
+from hessdistill.data.added import Provenance, added_provenance
 from hessdistill.data.graph import radius_graph
-from hessdistill.data.labels import TeacherLabels
+from hessdistill.data.labels import StoredLabels, TeacherLabels
 from hessdistill.data.splits import read_split_file, split_indices, write_split_file
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_set import StoreSet, open_stores
+from hessdistill.hessian.row_sampling import UNIFORM, UniformRows, make_row_sampler
 from hessdistill.hessian.rows import mixed_seed, rows_generator
 
 
@@ -80,15 +85,21 @@ class StoreDataset(Dataset):
 
     Rows follow the one seed rule (``hessian.rows.rows_generator``) with ``rows_seed``: a (k, epoch) key from
     ``EpochSampler`` draws fresh rows per epoch (training: pass the run seed); a plain position k draws the same
-    rows every time (validation, test, evaluation: pass the split seed).
+    rows every time (validation, test, evaluation: pass the split seed). sampler: how rows are drawn
+    (``hessian.row_sampling``).
+
+    first_id: the id of the store's structure 0 in the run (``idx`` and the row seed are first_id + i: 0 for the
+    subset store, after it for an added store); provenance: origin, energy weight and shift put on each item
+    (runs with added stores; None: none).
     """
 
     def __init__(self, store: HessianStore | StoreSet, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
                  cutoff: float, max_neighbors: int | None = None, dtype: torch.dtype = torch.float32,
-                 rows_seed: int = 0) -> None:
+                 rows_seed: int = 0, sampler: UniformRows = UNIFORM, first_id: int = 0,
+                 provenance: Provenance | None = None) -> None:
         self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
         self.cutoff, self.max_neighbors, self.dtype = cutoff, max_neighbors, dtype
-        self.rows_seed = rows_seed
+        self.rows_seed, self.sampler, self.first_id, self.provenance = rows_seed, sampler, first_id, provenance
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -98,12 +109,32 @@ class StoreDataset(Dataset):
         k, epoch = key if isinstance(key, tuple) else (key, None)
         i = int(self.indices[k])
         data = self.store.structure(i).to_data(self.dtype)
-        data.idx = torch.tensor([i])
+        data.idx = torch.tensor([self.first_id + i])
         data.edge_index, data.edge_shift = radius_graph(data.pos, self.cutoff, self.max_neighbors, data.cell[0],
                                                         data.pbc[0])
+        if self.provenance is not None:
+            self.provenance.label(data, i)
         if self.labels is not None:
-            self.labels.label_item(data, self.store, i, self.rows, rows_generator(i, self.rows_seed, epoch))
+            self.labels.label_item(data, self.store, i, self.rows,
+                                   rows_generator(self.first_id + i, self.rows_seed, epoch), self.sampler)
         return data
+
+
+class JoinedDataset(Dataset):
+    """Datasets one after another (the subset's training structures, then each added store's), indexed like
+    ``StoreDataset`` by a position k or (k, epoch)."""
+
+    def __init__(self, parts: list[StoreDataset]) -> None:
+        self.parts, self.ends = parts, np.cumsum([len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, key):
+        k, epoch = key if isinstance(key, tuple) else (key, None)
+        part = int(np.searchsorted(self.ends, k, side="right"))
+        local = k - (int(self.ends[part - 1]) if part else 0)
+        return self.parts[part][local if epoch is None else (local, epoch)]
 
 
 class StoreDataModule(L.LightningDataModule):
@@ -118,13 +149,16 @@ class StoreDataModule(L.LightningDataModule):
     seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
     rank_local: with several stores under DDP, each rank trains on the structures of its own stores only
     (``EpochSampler``'s parts: rank r of w takes stores r, r+w, …).
+    row_sampling, row_floor: how training rows are drawn (``hessian.row_sampling``: uniform, teacher_norm, residual;
+    the floor of uniform probability mixed into the importance samplers).
     """
 
     def __init__(self, store: str | list[str], labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
                  eval_batch_size: int = 32, split: tuple = (0.8, 0.1, 0.1), split_seed: int = 0,
                  cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4,
                  dtype: str = "float32", split_by: str | None = None,
-                 split_file: str | None = None, seed: int = 0, rank_local: bool = False) -> None:
+                 split_file: str | None = None, seed: int = 0, rank_local: bool = False,
+                 row_sampling: str = "uniform", row_floor: float = 0.2) -> None:
         super().__init__()
         self.store_path, self.labels, self.rows = store, labels, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -134,6 +168,12 @@ class StoreDataModule(L.LightningDataModule):
         self.dtype = getattr(torch, dtype)
         self.store = open_stores(store)
         self.splits = self._make_splits(split_file)
+        self.added: list[tuple[HessianStore, Provenance]] = []
+        if row_sampling == "teacher_norm" and labels is not None and not isinstance(labels, StoredLabels):
+            raise ValueError("row_sampling=teacher_norm needs the teacher's stored Hessians (teacher_mode=precomputed)"
+                             "; an online teacher computes only the drawn rows (use residual or uniform)")
+        self.row_sampling, self.row_floor = row_sampling, row_floor
+        self.row_sampler = make_row_sampler(row_sampling, row_floor, self._widths)
 
     def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
         self.fingerprint = self.store.fingerprint()  # reads every position once; reused by write_split_file
@@ -151,12 +191,44 @@ class StoreDataModule(L.LightningDataModule):
                          store=str(self.store_path), n_structures=len(self.store), split=list(self.split_sizes),
                          seed=self.split_seed, split_by=self.split_by)
 
-    def dataset(self, name: str) -> StoreDataset:
-        """The dataset of split ``name``: training rows per epoch from the run seed, fixed rows from the split seed."""
+    def add_training_store(self, path: str | Path, teacher_energy: str = "forces_only") -> None:
+        """Join the structures of the added store at ``path`` (``data.added``) to the training split, after those
+        already there; ``teacher_energy``: how their energies enter the loss (``data.added.TEACHER_ENERGY``).
+        Refused (StoreError) when it was made for another store or split, or lacks the run's teacher labels."""
+        if self.rank_local:
+            raise ValueError(f"{path}: added training stores (augment=, on-policy rounds) are read by every rank; "
+                             f"rank_local=true reads only each rank's own stores: set datamodule.rank_local=false")
+        store = HessianStore(path)
+        provenance = added_provenance(store, self.store, self.fingerprint, self.splits["train"], teacher_energy)
+        if isinstance(self.labels, StoredLabels):
+            store.require_complete(self.labels.name)
+        self.added.append((store, provenance))
+        self.row_sampler = make_row_sampler(self.row_sampling, self.row_floor, self._widths)
+
+    def _widths(self) -> np.ndarray:
+        """Hessian rows 3N of every structure of the run, by id: the subset store's, then each added store's."""
+        return np.concatenate([3 * store.n_atoms() for store in (self.store, *(s for s, _ in self.added))])
+
+    def dataset(self, name: str) -> StoreDataset | JoinedDataset:
+        """The dataset of split ``name``: training rows per epoch from the run seed, fixed rows from the split seed;
+        the training split with the added stores' structures after the subset's."""
         training = name == "train"
+        if training and self.added:
+            return self._joined_training_set()
         return StoreDataset(self.store, self.splits[name], self.labels, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.dtype,
-                            rows_seed=self.seed if training else self.split_seed)
+                            rows_seed=self.seed if training else self.split_seed,
+                            sampler=self.row_sampler if training else UNIFORM)
+
+    def _joined_training_set(self) -> JoinedDataset:
+        parts, first = [], 0
+        for store, provenance in ((self.store, Provenance.reference(len(self.store))), *self.added):
+            indices = self.splits["train"] if store is self.store else np.arange(len(store))
+            parts.append(StoreDataset(store, indices, self.labels, self.rows, self.cutoff, self.max_neighbors,
+                                      self.dtype, rows_seed=self.seed, sampler=self.row_sampler, first_id=first,
+                                      provenance=provenance))
+            first += len(store)
+        return JoinedDataset(parts)
 
     def store_parts(self, name: str) -> list[np.ndarray] | None:
         """Positions in split ``name`` grouped by the store holding their structures (None: a single store)."""
@@ -176,6 +248,13 @@ class StoreDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return DataLoader(self.dataset("test"), batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def state_dict(self) -> dict:
+        """What checkpoints keep of the data: the row sampler's state (empty for uniform rows)."""
+        return self.row_sampler.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.row_sampler.load_state_dict(state_dict)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """Labels computed per batch on the training device (online teacher); stored labels pass through."""

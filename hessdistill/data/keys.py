@@ -26,6 +26,11 @@ STRUCTURE_ID = "idx"
 EDGE_INDEX, EDGE_SHIFT = "edge_index", "edge_shift"
 TEACHER_ENERGY, TEACHER_FORCES, TEACHER_NODE_FEATURES = "teacher_energy", "teacher_forces", "teacher_node_features"
 SAMPLED_ROWS, TEACHER_ROWS = "sampled_rows", "teacher_rows"
+ORIGIN, ENERGY_WEIGHT, ROW_WEIGHTS = "origin", "energy_weight", "row_weights"
+
+# where a structure comes from (the ``origin`` field, and info["origin"] of an added store's structures)
+ORIGINS = ("reference", "rattle", "normal_mode", "teacher_md", "on_policy")
+REFERENCE, RATTLE, NORMAL_MODE, TEACHER_MD, ON_POLICY = range(len(ORIGINS))
 
 FIELDS: dict[str, Field] = {
     Z: Field("(Ntot,) int64", "", "atomic numbers"),
@@ -35,7 +40,8 @@ FIELDS: dict[str, Field] = {
     NATOMS: Field("(B,) int64", "", "atoms per structure"),
     ENERGY: Field("(B,)", "eV", "reference energy"),
     FORCES: Field("(Ntot, 3)", "eV/Å", "reference forces"),
-    STRUCTURE_ID: Field("(B,) int64", "", "index of the structure in its store"),
+    STRUCTURE_ID: Field("(B,) int64", "", "index of the structure in its store; structures of stores added to "
+                                          "training follow the subset store's, store after store"),
     EDGE_INDEX: Field("(2, E) int64", "", "radius graph, source j → target i, into the batch's atoms"),
     EDGE_SHIFT: Field("(E, 3)", "Å", "periodic shift: r_ij = pos[j] − pos[i] + shift"),
     TEACHER_ENERGY: Field("(B,)", "eV", "teacher energy"),
@@ -43,7 +49,15 @@ FIELDS: dict[str, Field] = {
     TEACHER_NODE_FEATURES: Field("(Ntot, F_t)", "", "teacher final-layer node features (n2n baseline)"),
     SAMPLED_ROWS: Field("(B, s) int64", "", "each structure's sampled Hessian rows j = 3·atom + axis"),
     TEACHER_ROWS: Field("(s, Ntot, 3)", "eV/Å²", "teacher Hessian rows H_j of the sampled rows, as lanes"),
+    ORIGIN: Field("(B,) int64", "", "ORIGINS[k]: the subset's own structure (0) or a teacher-labelled one added to "
+                                    "training (runs with added stores only)"),
+    ENERGY_WEIGHT: Field("(B,)", "", "weight of each structure's energy terms (0: forces only; runs with added "
+                                     "stores only)"),
+    ROW_WEIGHTS: Field("(B, s)", "", "importance weight 1/(n·p_j) of each sampled row (non-uniform row sampling "
+                                     "only)"),
 }
+# per-structure weights of a target: where a batch carries them, terms comparing against the target apply them
+TARGET_WEIGHTS = {ENERGY: ENERGY_WEIGHT, TEACHER_ROWS: ROW_WEIGHTS}
 # PyG's own fields of a collated batch: ``batch`` (Ntot,) structure of each atom, ``ptr`` (B+1,) atom offsets.
 
 LANE_FIELDS = frozenset({TEACHER_ROWS})  # concatenated along the atom axis (dim 1), not dim 0

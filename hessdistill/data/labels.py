@@ -22,7 +22,8 @@ from hessdistill.data.keys import (
     StructureData,
 )
 from hessdistill.data.store import HessianStore
-from hessdistill.hessian.rows import RowStrategy, sample_rows
+from hessdistill.hessian.row_sampling import UNIFORM, UniformRows
+from hessdistill.hessian.rows import RowStrategy
 
 
 class TeacherLabels(abc.ABC):
@@ -33,9 +34,10 @@ class TeacherLabels(abc.ABC):
 
     @abc.abstractmethod
     def label_item(self, data: StructureData, store: HessianStore, i: int, rows: int,
-                   generator: torch.Generator) -> None:
+                   generator: torch.Generator, sampler: UniformRows = UNIFORM) -> None:
         """Add the teacher fields this source reads per structure to ``data``, structure ``i`` of ``store``,
-        drawing ``rows`` Hessian rows (0: none) with ``generator`` (the one seed rule, ``hessian.rows``)."""
+        drawing ``rows`` Hessian rows (0: none) with ``generator`` (the one seed rule, ``hessian.rows``) by
+        ``sampler`` (``hessian.row_sampling``: uniform, or importance-weighted rows with their ``row_weights``)."""
 
     def label_batch(self, batch):
         """The collated batch on its device, with whatever this source computes per batch added."""
@@ -51,7 +53,7 @@ class StoredLabels(TeacherLabels):
         self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS}
                                   | ({TEACHER_NODE_FEATURES} if node_features else set()))
 
-    def label_item(self, data, store, i, rows, generator) -> None:
+    def label_item(self, data, store, i, rows, generator, sampler=UNIFORM) -> None:
         energy, forces = store.teacher_labels(self.name, i)
         data.teacher_energy = torch.tensor([energy], dtype=data.pos.dtype)
         data.teacher_forces = torch.as_tensor(forces, dtype=data.pos.dtype)
@@ -59,10 +61,16 @@ class StoredLabels(TeacherLabels):
             data.teacher_node_features = torch.as_tensor(store.node_features(self.name, i), dtype=data.pos.dtype)
         if rows > 0:
             available = torch.as_tensor(store.stored_rows(self.name, i))
-            chosen = sample_rows(available, rows, generator, f"{store.path}[{i}]")
+
+            def norms() -> torch.Tensor:
+                return torch.as_tensor(store.hessian_rows(self.name, i, available.numpy())).double().norm(dim=1)
+
+            chosen, weights = sampler.draw(int(data.idx), available, rows, generator, f"{store.path}[{i}]", norms)
             h = store.hessian_rows(self.name, i, chosen.numpy())  # (s, 3N)
             data.sampled_rows = chosen.unsqueeze(0)
             data.teacher_rows = torch.as_tensor(h, dtype=data.pos.dtype).view(rows, -1, 3)
+            if weights is not None:
+                data.row_weights = weights.to(data.pos.dtype).unsqueeze(0)
 
 
 class OnlineLabels(TeacherLabels):
@@ -74,10 +82,17 @@ class OnlineLabels(TeacherLabels):
         self.teacher, self.strategy, self.name = teacher.freeze(), strategy, teacher.name
         self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS})
 
-    def label_item(self, data, store, i, rows, generator) -> None:
+    def label_item(self, data, store, i, rows, generator, sampler=UNIFORM) -> None:
         if rows > 0:
-            data.sampled_rows = sample_rows(torch.arange(3 * data.num_nodes), rows, generator,
-                                            f"{store.path}[{i}]").unsqueeze(0)
+            chosen, weights = sampler.draw(int(data.idx), torch.arange(3 * data.num_nodes), rows, generator,
+                                           f"{store.path}[{i}]", self._no_norms)
+            data.sampled_rows = chosen.unsqueeze(0)
+            if weights is not None:
+                data.row_weights = weights.to(data.pos.dtype).unsqueeze(0)
+
+    def _no_norms(self) -> torch.Tensor:
+        raise ValueError(f"row_sampling=teacher_norm needs the teacher's stored Hessians; the online teacher "
+                         f"{self.name} computes only the drawn rows (use row_sampling=residual or uniform)")
 
     def label_batch(self, batch):
         if self.teacher.device != batch.pos.device:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
+
+from hessdistill.losses import per_structure_sum
 
 
 class HalveKDWeight(L.Callback):
@@ -47,3 +50,17 @@ class HalveKDWeight(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.halvings = state_dict["halvings"]
+
+
+class RowResidualFeedback(L.Callback):
+    """Feeds each training batch's Hessian-row residual norms ‖H_j + ∂F̂_j/∂r‖ (eV/Å², per structure and sampled row)
+    to the datamodule's row sampler when it learns from them (``row_sampling=residual``, ``hessian.row_sampling``);
+    does nothing otherwise."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        sampler = getattr(trainer.datamodule, "row_sampler", None)
+        if sampler is None or not sampler.learns or pl_module.last_rows is None or not hasattr(batch, "teacher_rows"):
+            return
+        squared = ((batch.teacher_rows + pl_module.last_rows) ** 2).sum(-1)  # (s, Ntot)
+        norms = torch.stack([per_structure_sum(lane, batch.batch, batch.num_graphs) for lane in squared]).sqrt()
+        sampler.update(batch.idx, batch.sampled_rows, norms.T)

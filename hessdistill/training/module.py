@@ -69,6 +69,7 @@ class DistillModule(L.LightningModule):
         resolve_student_strategy(row_strategy, torch.device("cpu"), self.student.force_mode)  # a bad name fails here
         self.row_strategy = compile_student(self.student, row_strategy) if compile else row_strategy
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
+        self.last_rows = None  # the last training step's student rows (s, Ntot, 3), detached (RowResidualFeedback)
 
     def prepare(self, datamodule) -> None:
         """Fit what depends on the data, once, before training (and before a checkpoint is restored into the module):
@@ -95,6 +96,8 @@ class DistillModule(L.LightningModule):
         for name, value in values.items():
             self.log(f"train/{name}", value, batch_size=n)
             self.log(f"train/weight_{name}", self.loss.weight(name), batch_size=n)
+        rows = pred.get("force_jacobian_rows")
+        self.last_rows = None if rows is None else rows.detach()  # for callbacks that learn from them
         return loss
 
     # ---- evaluation ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import logging
 from torch import Tensor, nn
 
 from hessdistill import losses
-from hessdistill.data.keys import FIELDS
+from hessdistill.data.keys import FIELDS, TARGET_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class LossTerm(nn.Module):
             raise ValueError(f"loss weight must be a number >= 0, got {weight!r}")
         self.loss_name, self.prediction, self.target = loss, prediction, target
         self.weight, self.rows, self.options = float(weight), int(rows), dict(options)
-        self._per_atom = "batch" in inspect.signature(getattr(losses, loss)).parameters
+        parameters = inspect.signature(getattr(losses, loss)).parameters
+        self._per_atom, self._weighted = "batch" in parameters, "weight" in parameters
 
     def setup(self, student, datamodule) -> None:
         """Build what depends on the student or the data (nothing for a plain term)."""
@@ -62,12 +63,21 @@ class LossTerm(nn.Module):
         return prediction
 
     def forward(self, predictions: dict[str, Tensor], batch) -> Tensor:
-        """The unweighted term on a batch, given the student's ``predictions``."""
+        """The unweighted term on a batch, given the student's ``predictions``; where the batch carries per-structure
+        weights of the target (``data.keys.TARGET_WEIGHTS``: energy weights of teacher-labelled structures, importance
+        weights of sampled rows), the loss applies them."""
         fn = getattr(losses, self.loss_name)
         args = (self.compare(predictions[self.prediction]), getattr(batch, self.target))
         if self._per_atom:
             args += (batch.batch, batch.num_graphs)
-        return fn(*args, **self.options)
+        field = TARGET_WEIGHTS.get(self.target)
+        weight = getattr(batch, field, None) if field is not None else None
+        if weight is None:
+            return fn(*args, **self.options)
+        if not self._weighted:
+            raise ValueError(f"loss {self.loss_name!r} on {self.target!r} takes no per-structure weights, but the "
+                             f"batch carries {field!r}; use a loss of hessdistill.losses with a weight argument")
+        return fn(*args, **self.options, weight=weight)
 
 
 class DirectForceTerm(LossTerm):
