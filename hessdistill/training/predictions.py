@@ -30,7 +30,8 @@ def predict(student, batch, wanted: frozenset[str] | set[str], create_graph: boo
     rows = "force_jacobian_rows" in wanted and hasattr(batch, "sampled_rows")
     with torch.enable_grad():
         if rows and create_graph:
-            out = _with_rows(student, batch, resolve_student_strategy(strategy, batch.pos.device, student.force_mode))
+            strategy = resolve_student_strategy(strategy, batch.pos.device, student.force_mode)
+            out = _with_rows(student, batch, strategy, "energy_gradient_forces" in wanted)
         else:
             out = student(batch, create_graph=create_graph or (rows and student.force_mode == "conservative"))
             if rows:
@@ -43,10 +44,11 @@ def predict(student, batch, wanted: frozenset[str] | set[str], create_graph: boo
     return out if create_graph else {k: v.detach() for k, v in out.items()}
 
 
-def _with_rows(student, batch, strategy: str) -> dict[str, Tensor]:
-    """Training predictions with differentiable rows by ``strategy`` (resolved)."""
+def _with_rows(student, batch, strategy: str, energy_gradient: bool) -> dict[str, Tensor]:
+    """Training predictions with differentiable rows by ``strategy`` (resolved); ``energy_gradient``: the energy
+    gradient is wanted too."""
     if strategy in ("fd", "fd_central"):
-        return _finite_difference_rows(student, batch, strategy)
+        return _finite_difference_rows(student, batch, strategy, separate=energy_gradient)
     if strategy == "jvp":
         try:
             return _forward_mode_rows(student, batch)
@@ -62,23 +64,31 @@ def _with_rows(student, batch, strategy: str) -> dict[str, Tensor]:
     return out
 
 
-def _finite_difference_rows(student, batch, strategy: str) -> dict[str, Tensor]:
-    """The batch and its displaced copies (s forward, and s backward for ``fd_central``) in one forward."""
+def _finite_difference_rows(student, batch, strategy: str, separate: bool) -> dict[str, Tensor]:
+    """The batch's displaced copies (s forward, and s backward for ``fd_central``), run in one forward with the
+    batch itself, or after it when ``separate``: a term on the energy gradient differentiates the batch's energy
+    twice, and inside one forward with the copies that double backward would run through all of them."""
     batch = student.ensure_graph(batch)
     pos = batch.pos.detach().requires_grad_(True)
     lanes = row_lanes(batch.sampled_rows, batch.ptr, dtype=pos.dtype)
     step = fd_step(pos.dtype, strategy)
-    offsets = [pos.new_zeros(1, *pos.shape), lane_offsets(pos, lanes, step)]
+    offsets = [lane_offsets(pos, lanes, step)]
     if strategy == "fd_central":
         offsets.append(lane_offsets(pos, lanes, -step))
-    energy, forces, scalars = student.outputs_at(pos + torch.cat(offsets), batch, create_graph=True)
-    s = lanes.shape[0]
-    forward_steps = lane_steps(offsets[1], batch.batch, batch.num_graphs)
-    if strategy == "fd":
-        jacobian = finite_difference_lanes(forces[1:], forward_steps, forces[:1])
+    if separate:
+        energy, forces, scalars = student.outputs_at(pos[None], batch, create_graph=True)
+        displaced = student.outputs_at(pos + torch.cat(offsets), batch, create_graph=True)[1]
     else:
-        jacobian = finite_difference_lanes(forces[1:1 + s], forward_steps, forces[1 + s:],
-                                           lane_steps(offsets[2], batch.batch, batch.num_graphs))
+        energy, forces, scalars = student.outputs_at(pos + torch.cat([pos.new_zeros(1, *pos.shape), *offsets]),
+                                                     batch, create_graph=True)
+        forces, displaced = forces[:1], forces[1:]
+    s = lanes.shape[0]
+    forward_steps = lane_steps(offsets[0], batch.batch, batch.num_graphs)
+    if strategy == "fd":
+        jacobian = finite_difference_lanes(displaced, forward_steps, forces)
+    else:
+        jacobian = finite_difference_lanes(displaced[:s], forward_steps, displaced[s:],
+                                           lane_steps(offsets[1], batch.batch, batch.num_graphs))
     return {"energy": energy[0], "forces": forces[0], "pos": pos, "node_features": scalars[0],
             "force_jacobian_rows": jacobian}
 
