@@ -22,17 +22,21 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1
 DEFAULT_SCHEDULER = {"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "_partial_": True}
 
 
-def compile_student(student, row_strategy: str) -> str:
+def compile_student(student, row_strategy: str, energy_gradient: bool = False) -> str:
     """``torch.compile`` the student's representation (dynamic shapes: batches differ in atoms and edges) and return
     the row strategy to train with (``auto`` → ``fd``).
 
     Compiled autograd graphs cannot be differentiated twice (torch 2.13), so only training with one backward can be
-    compiled: a direct-force student, undistilled or with finite-difference rows. Validation's exact VJP rows
+    compiled: a direct-force student, undistilled or with finite-difference rows, and no term on its energy gradient
+    (``energy_gradient``: the run has one). Validation's exact VJP rows
     back-propagate through the compiled graph several times, hence ``donated_buffer`` off (process-wide).
     """
     if student.force_mode != "direct":
         raise ValueError("compile=true needs a direct-force student (student.force_mode=direct): conservative forces "
                          "are differentiated twice in training, which torch.compile's graphs do not support")
+    if energy_gradient:
+        raise ValueError("compile=true cannot train the energy-gradient term (it differentiates the energy twice): "
+                         "set weights.energy_grad=0")
     if row_strategy not in ("auto", "fd", "fd_central"):
         raise ValueError(f"compile=true trains with finite-difference rows (row_strategy=fd or fd_central), not "
                          f"{row_strategy!r}: reverse- and forward-mode rows differentiate the compiled graph twice")
@@ -67,8 +71,11 @@ class DistillModule(L.LightningModule):
                                    "compile": compile})
         self.student = hydra.utils.instantiate(student)
         resolve_student_strategy(row_strategy, torch.device("cpu"), self.student.force_mode)  # a bad name fails here
-        self.row_strategy = compile_student(self.student, row_strategy) if compile else row_strategy
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
+        self.row_strategy = row_strategy
+        if compile:
+            self.row_strategy = compile_student(self.student, row_strategy,
+                                                "energy_gradient_forces" in self.loss.predictions)
         self.last_rows = None  # the last training step's student rows (s, Ntot, 3), detached (RowResidualFeedback)
 
     def prepare(self, datamodule) -> None:

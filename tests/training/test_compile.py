@@ -47,4 +47,9 @@ def test_compile_refuses_what_needs_a_double_backward():
     with pytest.raises(ValueError, match="compile=true needs a direct-force student"):
         DistillModule({**TINY, "force_mode": "conservative"}, distill_terms(), compile=True)
     with pytest.raises(ValueError, match="compile=true trains with finite-difference rows .* not 'loop'"):
-        DistillModule({**TINY, "force_mode": "direct"}, distill_terms(), row_strategy="loop", compile=True)
+        DistillModule({**TINY, "force_mode": "direct"}, distill_terms(energy_grad=0.0), row_strategy="loop",
+                      compile=True)
+    with pytest.raises(ValueError, match="compile=true cannot train the energy-gradient term .* weights.energy_grad=0"):
+        DistillModule({**TINY, "force_mode": "direct"}, distill_terms(energy_grad=1.0), compile=True)
+    module = DistillModule({**TINY, "force_mode": "direct"}, distill_terms(energy_grad=0.0), compile=True)
+    assert module.row_strategy == "fd"
