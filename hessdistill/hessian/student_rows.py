@@ -43,7 +43,7 @@ FD_STEP = {(torch.float32, "fd"): 3e-4, (torch.float32, "fd_central"): 1e-3,
            (torch.float64, "fd"): 1e-7, (torch.float64, "fd_central"): 1e-6}
 
 # row_strategy=auto, by (device type, force mode): the fastest strategy whose rows are within tolerance
-AUTO = {("cpu", "direct"): "loop", ("cpu", "conservative"): "loop",
+AUTO = {("cpu", "direct"): "fd", ("cpu", "conservative"): "fd",
         ("cuda", "direct"): "vmap", ("cuda", "conservative"): "vmap"}
 
 
