@@ -1,5 +1,5 @@
 """Deployed students (one metatomic file): every student of the zoo, in both force modes, gives the student's
-energies and forces through metatomic's ASE calculator and through this package's batched adapter, on molecules
+energies and forces through metatomic's ASE calculator, this package's batched adapter and torch-sim, on molecules
 and a periodic cell it was not traced on; the file runs without this package; NVE with a deployed conservative
 student conserves energy as the student does."""
 
@@ -15,10 +15,12 @@ from ase import units
 from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 from models.test_students import STUDENTS, build
+from torch_sim.io import atoms_to_state
 
 from conftest import make_batch, rattled, tiny_painn
 from hessdistill.integrations.ase_calculator import TorchCalculator
 from hessdistill.integrations.deploy import DeployedModel, DeployError, deploy_student, import_metatomic
+from hessdistill.integrations.torchsim import TorchSimModel
 
 
 def metatomic_calculator(path, direct: bool):
@@ -55,6 +57,14 @@ def test_each_deployed_student_gives_the_students_energies_and_forces(name, forc
     assert scale > 1e-6
     torch.testing.assert_close(e_adapter, energy, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(f_adapter, forces, rtol=1e-9, atol=1e-9 * scale)
+    # torch-sim through this package's adapter: molecules in one state, the periodic cell in another
+    for chosen in ([0, 1, 3], [2]):
+        state = atoms_to_state([structures[k] for k in chosen], torch.device("cpu"), torch.float64)
+        out = TorchSimModel(DeployedModel(path))(state)
+        rows = torch.cat([torch.arange(sum(map(len, structures[:k])), sum(map(len, structures[:k + 1])))
+                          for k in chosen])
+        torch.testing.assert_close(out["energy"], energy[chosen], rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out["forces"], forces[rows], rtol=1e-9, atol=1e-9 * scale)
     # metatomic's ASE calculator, one structure at a time, with the engine's (vesin's) neighbour lists
     calc = metatomic_calculator(path, direct=force_mode == "direct")
     start = 0
