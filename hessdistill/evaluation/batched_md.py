@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from ase import units
 
-from hessdistill.evaluation.md import bond_lengths, bonds_of, energy_drift
+from hessdistill.evaluation.md import bond_lengths, bonds_of, energy_drift, equilibrium_lengths
 from hessdistill.evaluation.speed import _sync, ns_per_day
 from hessdistill.integrations.torchsim import TorchSimModel
 
@@ -66,9 +66,10 @@ def replica_bond_deviation(state, replicas: int, bonds: np.ndarray, equilibrium:
 def nvt_stability(atoms, model, replicas: int = 8, equilibrium: np.ndarray | None = None,
                   bonds: np.ndarray | None = None, steps: int = 1000, temperature_K: float = 300.0,
                   timestep_fs: float = 1.0, friction_per_fs: float = 0.01, max_deviation: float = 0.5,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, record_every: int = 10) -> list[dict]:
     """Langevin NVT (torch-sim's BAOAB) of ``replicas`` copies of ``atoms`` with ``model`` (``energy_forces``
-    protocol). Returns time_to_failure_ps per replica (None: stable), simulated_ps and the number stable."""
+    protocol). Returns one run per replica as ``md.nvt_stability`` does: time_to_failure_ps (None if stable),
+    simulated_ps and the trace (times ps, max deviation Å) up to its failure."""
     from torch_sim.integrators.nvt import nvt_langevin
 
     sim = TorchSimModel(model)
@@ -80,25 +81,33 @@ def nvt_stability(atoms, model, replicas: int = 8, equilibrium: np.ndarray | Non
     _, update = nvt_langevin(sim, dt=dt, kT=kT, gamma=gamma, seed=seed)
     state = md_state(sim, replica_state(atoms, replicas, sim.device, sim.dtype),
                      initial_momenta(atoms, replicas, temperature_K, seed))
-    failed = [None] * replicas
+    runs = [{"time_to_failure_ps": None, "simulated_ps": 0.0, "times_ps": [], "max_bond_deviation_A": []}
+            for _ in range(replicas)]
     # torch-sim draws the Langevin noise from torch's global generator: seed it here, restore it after
     with torch.random.fork_rng(devices=[sim.device] if sim.device.type == "cuda" else []):
         torch.manual_seed(seed)
         for step in range(1, steps + 1):
             state = update(state, dt=dt, kT=kT, gamma=gamma)
             deviation = replica_bond_deviation(state, replicas, bonds, equilibrium)
-            for r in np.nonzero(deviation > max_deviation)[0]:
-                failed[r] = failed[r] or step * timestep_fs * 1e-3
-            if all(f is not None for f in failed):
+            now = step * timestep_fs * 1e-3
+            for run, d in zip(runs, deviation):
+                if run["time_to_failure_ps"] is not None:
+                    continue
+                run["simulated_ps"] = now
+                if step % record_every == 0 or d > max_deviation:
+                    run["times_ps"].append(now)
+                    run["max_bond_deviation_A"].append(float(d))
+                if d > max_deviation:
+                    run["time_to_failure_ps"] = now
+            if all(run["time_to_failure_ps"] is not None for run in runs):
                 break
-    return {"time_to_failure_ps": failed, "simulated_ps": step * timestep_fs * 1e-3,
-            "stable": sum(f is None for f in failed), "replicas": replicas}
+    return runs
 
 
 def nve_drift(atoms, model, replicas: int = 8, steps: int = 1000, temperature_K: float = 300.0,
-              timestep_fs: float = 1.0, seed: int = 0, record_every: int = 10) -> dict:
-    """Velocity Verlet of ``replicas`` copies of ``atoms``; returns each replica's drift (eV/atom/ps, the slope of its
-    total energy per atom against time), their median and the energy traces."""
+              timestep_fs: float = 1.0, seed: int = 0, record_every: int = 10) -> list[dict]:
+    """Velocity Verlet of ``replicas`` copies of ``atoms``; one run per replica as ``md.nve_drift`` returns:
+    drift_eV_per_atom_per_ps (slope of total energy per atom against time) and the energy trace."""
     from torch_sim.integrators.md import velocity_verlet
 
     sim = TorchSimModel(model)
@@ -106,15 +115,30 @@ def nve_drift(atoms, model, replicas: int = 8, steps: int = 1000, temperature_K:
     state = md_state(sim, replica_state(atoms, replicas, sim.device, sim.dtype),
                      initial_momenta(atoms, replicas, temperature_K, seed))
     times, energies = [0.0], [total_energy_per_atom(state, replicas)]
-    for step in range(1, steps + 1):
-        state = velocity_verlet(state, dt, sim)
-        if step % record_every == 0:
-            times.append(step * timestep_fs * 1e-3)
-            energies.append(total_energy_per_atom(state, replicas))
-    traces = np.array(energies).T  # (R, T)
-    drifts = [energy_drift(np.array(times), trace) for trace in traces]
-    return {"drift_eV_per_atom_per_ps": drifts, "median_drift_eV_per_atom_per_ps": float(np.median(drifts)),
-            "times_ps": times, "total_energy_eV_per_atom": traces.tolist()}
+    for step in range(record_every, steps + 1, record_every):
+        for _ in range(record_every):
+            state = velocity_verlet(state, dt, sim)
+        times.append(step * timestep_fs * 1e-3)
+        energies.append(total_energy_per_atom(state, replicas))
+    return [{"drift_eV_per_atom_per_ps": energy_drift(np.array(times), trace), "times_ps": times,
+             "total_energy_eV_per_atom": trace.tolist()} for trace in np.array(energies).T]
+
+
+def md_report(structures, models: dict, training: list, steps: int, nve_steps: int, replicas: int = 8,
+              temperature_K: float = 300.0, timestep_fs: float = 1.0, friction_per_fs: float = 0.01,
+              max_deviation: float = 0.5, seed: int = 0) -> dict:
+    """``md.md_report`` with torch-sim: ``replicas`` NVT and NVE runs of every model from each structure, all
+    replicas of a structure in one batch; the same report layout (one entry per replica)."""
+    out = {name: {"nvt": [], "nve": []} for name in models}
+    for k, atoms in enumerate(structures):
+        bonds = bonds_of(atoms)
+        equilibrium = equilibrium_lengths(atoms, bonds, training)
+        for name, model in models.items():
+            out[name]["nvt"] += nvt_stability(atoms, model, replicas, equilibrium, bonds, steps, temperature_K,
+                                              timestep_fs, friction_per_fs, max_deviation, seed + k)
+            if nve_steps:
+                out[name]["nve"] += nve_drift(atoms, model, replicas, nve_steps, temperature_K, timestep_fs, seed + k)
+    return out
 
 
 def total_energy_per_atom(state, replicas: int) -> np.ndarray:

@@ -74,16 +74,28 @@ def test_initial_momenta_have_no_centre_of_mass_motion_and_the_temperature():
 
 def test_nvt_stability_and_nve_drift_of_replicas():
     model, atoms = student(), rattled("CH3OH", seed=7, stdev=0.02)
-    nvt = batched_md.nvt_stability(atoms, model, replicas=4, steps=30, timestep_fs=0.5, max_deviation=0.5)
-    assert nvt["replicas"] == 4 and len(nvt["time_to_failure_ps"]) == 4 and nvt["simulated_ps"] == 0.015
-    assert nvt["stable"] == sum(t is None for t in nvt["time_to_failure_ps"])
+    nvt = batched_md.nvt_stability(atoms, model, replicas=4, steps=30, timestep_fs=0.5, record_every=10)
+    assert len(nvt) == 4 and all(run["time_to_failure_ps"] is None for run in nvt)  # 15 fs near equilibrium
+    assert nvt[0]["simulated_ps"] == 0.015 and nvt[0]["times_ps"] == [0.005, 0.01, 0.015]
+    assert 0 < max(nvt[0]["max_bond_deviation_A"]) < 0.5
     # an impossible criterion: every replica fails at its first step, and the run stops there
     failing = batched_md.nvt_stability(atoms, model, replicas=3, steps=30, timestep_fs=0.5, max_deviation=0.0)
-    assert failing["time_to_failure_ps"] == [0.0005] * 3 and failing["stable"] == 0
-    assert failing["simulated_ps"] == 0.0005
+    assert [run["time_to_failure_ps"] for run in failing] == [0.0005] * 3
+    assert [run["simulated_ps"] for run in failing] == [0.0005] * 3
     nve = batched_md.nve_drift(atoms, model, replicas=3, steps=20, timestep_fs=0.25, record_every=5)
-    assert np.array(nve["total_energy_eV_per_atom"]).shape == (3, 5)
-    assert max(abs(d) for d in nve["drift_eV_per_atom_per_ps"]) < 0.05  # a conservative student, a short step
+    assert len(nve) == 3 and all(len(run["total_energy_eV_per_atom"]) == len(run["times_ps"]) == 5 for run in nve)
+    assert max(abs(run["drift_eV_per_atom_per_ps"]) for run in nve) < 0.05  # a conservative student, short steps
+
+
+def test_md_report_has_the_ase_reports_layout():
+    from hessdistill.cli.evaluate import md_summary
+
+    model, atoms = student(), rattled("H2O", seed=7, stdev=0.02)
+    report = batched_md.md_report([atoms, rattled("NH3", seed=1, stdev=0.02)], {"student": model}, [], steps=4,
+                                  nve_steps=20, replicas=2, timestep_fs=0.5)
+    assert len(report["student"]["nvt"]) == len(report["student"]["nve"]) == 4  # 2 structures × 2 replicas
+    (row,) = md_summary(report)
+    assert row["nvt_runs"] == 4 and row["stable_runs"] == 4 and row["simulated_ps"] == 0.002
 
 
 def test_a_teacher_runs_through_the_same_adapter(ani_teacher):
@@ -104,3 +116,25 @@ def test_throughput_report_is_per_trajectory_and_total(monkeypatch):
     assert report["best_total_ns_per_day"] == pytest.approx(4 * ns_per_day(80.0, 0.5))
     assert report["per_trajectory_ns_per_day"] == pytest.approx(ns_per_day(2.0, 0.5))
     assert report["single_trajectory_ns_per_day"] == pytest.approx(ns_per_day(100.0, 0.5))
+
+
+def test_evaluate_md_engine_torch_sim_reports_replicas_and_md_throughput(ani_teacher, tmp_path):
+    from omegaconf import OmegaConf
+
+    from hessdistill.cli.evaluate import batched_md_sections, write_outputs
+
+    md_cfg = OmegaConf.create({"steps": 4, "nve_steps": 10, "replicas": 2, "temperature_K": 300.0, "timestep_fs": 0.5,
+                               "friction_per_fs": 0.01, "max_deviation": 0.5, "batch": 4, "max_replicas": 2,
+                               "throughput_steps": 2})
+    atoms = rattled("CH4", seed=1, stdev=0.02)
+    md, speed = batched_md_sections(md_cfg, [atoms], {"student": student(), "teacher": ani_teacher}, [])
+    assert len(md["teacher"]["nvt"]) == 2 and len(md["student"]["nve"]) == 2
+    assert speed["student"]["batch"] == 4 and speed["teacher"]["best_replicas"] in (1, 2)
+    assert speed["speedup_per_trajectory_ns_per_day"] == pytest.approx(
+        speed["student"]["per_trajectory_ns_per_day"] / speed["teacher"]["per_trajectory_ns_per_day"])
+    write_outputs(tmp_path, {"checkpoint": "c.ckpt", "store": "s.h5", "split": "test", "teacher": "ani1x",
+                             "accuracy": {"force_mae": 1.0}, "md_speed": speed})
+    report = (tmp_path / "metrics.md").read_text()
+    assert "## MD throughput (torch-sim, replicas of one structure)" in report
+    assert f"{speed['speedup_per_trajectory_ns_per_day']:.2f}x at 4 replicas" in report
+    assert "md_speed/student/best_total_ns_per_day" in (tmp_path / "metrics.csv").read_text()
