@@ -116,6 +116,8 @@ def test_throughput_report_is_per_trajectory_and_total(monkeypatch):
     assert report["best_total_ns_per_day"] == pytest.approx(4 * ns_per_day(80.0, 0.5))
     assert report["per_trajectory_ns_per_day"] == pytest.approx(ns_per_day(2.0, 0.5))
     assert report["single_trajectory_ns_per_day"] == pytest.approx(ns_per_day(100.0, 0.5))
+    steps_per_s[64] = 10.0  # 640 steps·replicas/s: past the doubling's stop, but the best measured
+    assert batched_md.md_throughput(None, None, batch=64, timestep_fs=0.5)["best_replicas"] == 64
 
 
 def test_evaluate_md_engine_torch_sim_reports_replicas_and_md_throughput(ani_teacher, tmp_path):

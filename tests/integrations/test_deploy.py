@@ -178,3 +178,21 @@ def test_a_neighbour_cap_travels_with_the_file(tmp_path):
     atoms = rattled("C6H6", seed=4, stdev=0.1)
     atoms.calc = metatomic_calculator(path, direct=False)
     np.testing.assert_allclose(atoms.get_forces(), forces.numpy(), atol=1e-9)
+
+
+def test_readme_torch_sim_md_with_the_deployed_file(tmp_path):
+    """The README's torch-sim example: 4 replicas through torch-sim's own runner, with the deployed file."""
+    import torch_sim as ts
+
+    student = tiny_painn("conservative")
+    path = deploy_student(student, tmp_path / "deployed.pt")
+    model = TorchSimModel(DeployedModel(path))
+    atoms = rattled("CH3OH", seed=1)
+    final = ts.integrate(system=[atoms] * 4, model=model, integrator=ts.nvt_langevin, n_steps=5, temperature=300.0,
+                         timestep=0.0005)
+    positions = final.positions.view(4, len(atoms), 3)
+    assert final.n_systems == 4 and torch.isfinite(positions).all()
+    assert (positions[0] - positions[1]).abs().max() > 1e-6  # replicas with their own velocities and noise
+    energy = model(final)["energy"]
+    torch.testing.assert_close(energy, student.energy_forces(make_batch(
+        [atoms.__class__(atoms.numbers, p.numpy()) for p in positions]))[0], rtol=1e-9, atol=1e-9)
