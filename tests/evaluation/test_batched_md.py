@@ -131,7 +131,7 @@ def test_evaluate_md_engine_torch_sim_reports_replicas_and_md_throughput(ani_tea
     atoms = rattled("CH4", seed=1, stdev=0.02)
     md, speed = batched_md_sections(md_cfg, [atoms], {"student": student(), "teacher": ani_teacher}, [])
     assert len(md["teacher"]["nvt"]) == 2 and len(md["student"]["nve"]) == 2
-    assert speed["student"]["batch"] == 4 and speed["teacher"]["best_replicas"] in (1, 2)
+    assert speed["student"]["batch"] == 4 and speed["teacher"]["best_replicas"] in (1, 2, 4)
     assert speed["speedup_per_trajectory_ns_per_day"] == pytest.approx(
         speed["student"]["per_trajectory_ns_per_day"] / speed["teacher"]["per_trajectory_ns_per_day"])
     write_outputs(tmp_path, {"checkpoint": "c.ckpt", "store": "s.h5", "split": "test", "teacher": "ani1x",
