@@ -196,3 +196,20 @@ def test_readme_torch_sim_md_with_the_deployed_file(tmp_path):
     energy = model(final)["energy"]
     torch.testing.assert_close(energy, student.energy_forces(make_batch(
         [atoms.__class__(atoms.numbers, p.numpy()) for p in positions]))[0], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name, force_mode", [("painn", "direct"), ("gemnet_dt", "conservative"), ("mace", "direct")])
+def test_a_file_deployed_for_cpu_and_cuda_gives_the_same_results_on_both(name, force_mode, tmp_path):
+    student = build(name, force_mode)
+    path = deploy_student(student, tmp_path / "deployed.pt", devices=("cpu", "cuda"))
+    structures = untraced()
+    energy, forces = student.energy_forces(make_batch(structures))
+    e_cuda, f_cuda = DeployedModel(path, "cuda").energy_forces(make_batch(structures).to("cuda"))
+    scale = float(forces.abs().max())
+    torch.testing.assert_close(e_cuda.cpu(), energy, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(f_cuda.cpu(), forces, rtol=1e-8, atol=1e-9 * scale)
+    atoms = structures[0]
+    atoms.calc = metatomic_calculator(path, direct=force_mode == "direct")  # picks cuda, the first it can use
+    assert atoms.get_potential_energy() == pytest.approx(float(energy[0]), rel=1e-9)
