@@ -186,13 +186,12 @@ class DeployedModel(nn.Module):
         self.cutoff = capabilities.interaction_range
         self.species = list(capabilities.atomic_types)
         self.force_mode = "direct" if "non_conservative_force" in capabilities.outputs else "conservative"
-        self.max_neighbors = int(self.model.module.max_neighbors) or None
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:
         """Energies (B,) eV (float64) and forces (Ntot, 3) eV/Å of a batch (z, pos, batch, ptr, cell, pbc), detached."""
         dtype = next(self.model.parameters()).dtype
         pos = batch.pos.to(dtype).detach().requires_grad_(self.force_mode == "conservative")
-        edge_index, edge_shift = batch_radius_graph(batch, self.cutoff, self.max_neighbors)
+        edge_index, edge_shift = batch_radius_graph(batch, self.cutoff)  # the file applies its neighbour cap
         with torch.enable_grad():
             atom_energy, forces = self.model.module.atom_outputs(batch.z, pos, edge_index, edge_shift.to(pos))
             energy = torch.zeros(batch.num_graphs, dtype=torch.float64, device=pos.device).index_add(

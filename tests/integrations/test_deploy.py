@@ -75,6 +75,9 @@ def test_each_deployed_student_gives_the_students_energies_and_forces(name, forc
             want = want - want.mean(axis=0)  # metatomic-ase removes the net force of non-conservative forces
         assert atoms.get_potential_energy() == pytest.approx(float(energy[k]), rel=1e-9)
         np.testing.assert_allclose(atoms.get_forces(), want, rtol=1e-6, atol=1e-9 * scale)
+        if atoms.pbc.all():  # stress (1/V) ∂E/∂ε of the file's energy, as the student's, in both force modes
+            reference = TorchCalculator(student).get_property("stress", atoms.copy())
+            np.testing.assert_allclose(atoms.get_stress(), reference, rtol=1e-6, atol=1e-9 * scale)
         start += len(atoms)
 
 
