@@ -136,6 +136,11 @@ def deploy_student(student, path: str | Path, devices: tuple[str, ...] | None = 
     from hessdistill.integrations.metatomic_model import MetatomicStudent
 
     devices = devices or (("cpu", "cuda") if torch.cuda.is_available() else ("cpu",))
+    unknown = [d for d in devices if d not in ("cpu", "cuda")]
+    if unknown or ("cuda" in devices and not torch.cuda.is_available()):
+        raise DeployError(f"devices {list(devices)}: " + (f"unknown device type(s) {unknown}; use cpu and/or cuda"
+                          if unknown else "cuda needs a visible CUDA device to trace on; deploy there, or "
+                          "devices=[cpu]"))
     dtype = dtype or student.atom_refs.dtype
     if dtype not in (torch.float32, torch.float64):
         raise DeployError(f"deploy dtype must be float32 or float64, got {dtype}")

@@ -138,6 +138,16 @@ def test_nve_with_the_deployed_student_conserves_energy_as_the_student_does(tmp_
     np.testing.assert_allclose(x_deployed, x_student, atol=1e-8)  # the same trajectory
 
 
+def test_devices_it_cannot_trace_on_are_refused(tmp_path):
+    with pytest.raises(DeployError, match=r"devices \['cpu', 'tpu'\]: unknown device type\(s\) \['tpu'\]; use cpu"):
+        deploy_student(tiny_painn("direct"), tmp_path / "x.pt", devices=("cpu", "tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(DeployError, match=r"cuda needs a visible CUDA device to trace on; deploy there, or "
+                                              r"devices=\[cpu\]"):
+            deploy_student(tiny_painn("direct"), tmp_path / "x.pt", devices=("cpu", "cuda"))
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_a_student_whose_trace_would_bake_a_size_is_refused(tmp_path):
     class SizeBaking(torch.nn.Module):
         """A representation that turns the atom count into a Python int (a constant in a trace)."""
