@@ -13,6 +13,8 @@ deploy in float64 when totals matter more than speed).
 
 from __future__ import annotations
 
+import copy
+import importlib
 import warnings
 from pathlib import Path
 
@@ -64,8 +66,6 @@ class _StudentCore(nn.Module):
 
 def _graph_function(student):
     """The representation's ``extra_graph`` function (dotted name), compiled with TorchScript, or None."""
-    import importlib
-
     name = getattr(student.representation, "extra_graph", None)
     if name is None:
         return None
@@ -148,8 +148,8 @@ def deploy_student(student, path: str | Path, devices: tuple[str, ...] | None = 
     graph_fn = _graph_function(student)
     cores = []
     for device in devices:
-        copy = _copy(student).to(device=device, dtype=dtype).eval()
-        cores.append(_traced_core(copy, graph_fn, species, torch.device(device)).cpu())
+        moved = copy.deepcopy(student).to(device=device, dtype=dtype).eval()  # the caller's student stays as it is
+        cores.append(_traced_core(moved, graph_fn, species, torch.device(device)).cpu())
     module = MetatomicStudent(cores, list(devices), student.atom_refs.detach().cpu(), float(student.cutoff),
                               int(student.max_neighbors or 0), student.force_mode == "direct").eval()
     outputs = {"energy": mta.ModelOutput(quantity="energy", unit="eV", sample_kind="system")}
@@ -165,13 +165,6 @@ def deploy_student(student, path: str | Path, devices: tuple[str, ...] | None = 
     path.parent.mkdir(parents=True, exist_ok=True)
     mta.AtomisticModel(module, metadata, capabilities).save(str(path))
     return path
-
-
-def _copy(student):
-    """A deep copy of the student (tracing and moving it must not touch the caller's)."""
-    import copy
-
-    return copy.deepcopy(student)
 
 
 class DeployedModel(nn.Module):
