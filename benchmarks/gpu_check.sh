@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one script (< 8 min on one GPU): the gpu-marked tests, then every benchmark that takes a device
+# The GPU check, one script (< 12 min on one GPU): the gpu-marked tests, then every benchmark that takes a device
 # with --device cuda, each step's output kept under $OUT, and one table of the figures at the end.
 #   bash benchmarks/gpu_check.sh              # from the repository root, with the project installed (make install
 #                                             # TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>")
@@ -30,6 +30,9 @@ step row_strategies 200 "$PYTHON" benchmarks/row_strategies.py --device cuda --s
   --batch 8 32 --rows 1 4 16 --rounds 5 --compile
 step students 120 "$PYTHON" benchmarks/students.py --device cuda --repeat 3
 step graph_building 30 "$PYTHON" benchmarks/graph_building.py --device cuda
+step md_engines 90 "$PYTHON" benchmarks/md_engines.py --device cuda --md-steps 3
+step shape_matched_teachers 180 "$PYTHON" benchmarks/shape_matched_teachers.py --device cuda --repeat 2 \
+  --teachers off_small off_medium off_large mp_medium --md-steps 3
 
 echo
 echo "| step | exit | seconds | figures (last lines of its output; all of it in $OUT/<step>.txt) |"

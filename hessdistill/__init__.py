@@ -10,7 +10,8 @@ Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian ro
 from hessdistill import config as _config  # noqa: F401  (registers the configs' resolvers)
 
 __version__ = "0.1.0"
-__all__ = ["HessianStore", "compose", "evaluate", "load_calculator", "onpolicy", "precompute", "predict", "train"]
+__all__ = ["HessianStore", "compose", "deploy", "deployed_calculator", "evaluate", "load_calculator", "onpolicy",
+           "precompute", "predict", "train"]
 
 
 def __getattr__(name: str):

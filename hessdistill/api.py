@@ -7,6 +7,8 @@
     report = hd.evaluate(run=run["run_dir"])
     hd.predict(checkpoint=run["checkpoint"], input="in.xyz", output="out.xyz")
     atoms.calc = hd.load_calculator(run["checkpoint"], device="auto")
+    hd.deploy(checkpoint=run["checkpoint"], target="student.pt")   # training runs also leave run_dir/deployed.pt
+    atoms.calc = hd.deployed_calculator("student.pt")
 
 Each function takes the command's choices: Hydra overrides as strings (``"trainer.max_epochs=20"``) and/or config
 groups and values as keywords (``experiment="demo"``), or a whole config (``config=hd.compose("train", ...)``,
@@ -92,6 +94,27 @@ def predict(*overrides: str, config: DictConfig | None = None, **choices) -> dic
     from hessdistill.cli.predict import run
 
     return run(_config("predict", config, overrides, choices))
+
+
+def deploy(*overrides: str, config: DictConfig | None = None, **choices) -> dict:
+    """``hessdistill-deploy`` (``checkpoint=…``, ``target=…``): writes the student as a metatomic model file; returns
+    its path, force mode, cutoff (Å), species and dtype."""
+    from hessdistill.cli.deploy import run
+
+    return run(_config("deploy", config, overrides, choices))
+
+
+def deployed_calculator(path: str | Path, device: str | None = None):
+    """metatomic's ASE calculator of a deployed student file (energy eV, forces eV/Å, stress eV/Å³); a direct-force
+    student's forces are its ``non_conservative_force`` output (net force removed, as metatomic-ase does). device: cpu,
+    cuda (None: the first the file supports that is available)."""
+    from hessdistill.integrations.deploy import import_metatomic
+
+    model = import_metatomic().load_atomistic_model(str(path))
+    direct = "non_conservative_force" in model.capabilities().outputs
+    from metatomic_ase import MetatomicCalculator
+
+    return MetatomicCalculator(model, device=device, non_conservative="forces" if direct else False)
 
 
 def load_calculator(checkpoint: str | Path, device: str | torch.device = "auto",

@@ -6,8 +6,9 @@
 Writes into the run directory: ``metrics.json`` (everything), ``metrics.csv`` and ``metrics.md`` (the tables),
 ``parity.png`` (energy and force parity, student and teacher), ``md.png`` and ``spectra.png``. Sections: accuracy
 on the split (energy meV/atom, force meV/Å, Hessian-row eV/Å²), speed (structures/s and ns/day at batch 64 and at
-the throughput-maximising batch, student vs teacher), NVT stability and NVE drift, FIRE relaxation judged by the
-teacher, and harmonic spectra.
+the throughput-maximising batch, student vs teacher), NVT stability and NVE drift (ASE, one run per structure, or
+``md.engine=torch_sim``: replicas in one batch, plus MD throughput in ns/day per trajectory), FIRE relaxation judged
+by the teacher, and harmonic spectra.
 """
 
 from __future__ import annotations
@@ -112,8 +113,14 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if cfg.md.enabled:
         training = [dm.store.structure(int(i)).to_atoms() for i in dm.splits["train"]]
         starts = [s.to_atoms() for s in structures[: cfg.md.count]]
-        md = md_report(starts, {"student": student, "teacher": teacher}, training, cfg.md.steps, cfg.md.nve_steps,
-                       cfg.md.temperature_K, cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.max_deviation)
+        models = {"student": student, "teacher": teacher}
+        if cfg.md.engine == "ase":
+            md = md_report(starts, models, training, cfg.md.steps, cfg.md.nve_steps, cfg.md.temperature_K,
+                           cfg.md.timestep_fs, cfg.md.friction_per_fs, cfg.md.max_deviation)
+        elif cfg.md.engine == "torch_sim":
+            md, result["md_speed"] = batched_md_sections(cfg.md, starts, models, training)
+        else:
+            raise ValueError(f"md.engine must be ase or torch_sim, got {cfg.md.engine!r}")
         md_plot(out / "md.png", md, cfg.md.max_deviation)
         result["md"] = md
         result["md_summary"] = md_summary(md)
@@ -126,6 +133,24 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
         result["spectra_mae_cm1"] = float(np.mean([s["mae_cm1"] for s in spectra]))
     write_outputs(out, result)
     return result
+
+
+def batched_md_sections(md_cfg: DictConfig, starts: list, models: dict, training: list) -> tuple[dict, dict]:
+    """MD by torch-sim: the MD report (``md.replicas`` runs per structure) and MD throughput on the first structure,
+    student vs teacher (ns/day per trajectory at ``md.batch`` replicas and at the best replica count)."""
+    try:
+        from hessdistill.evaluation import batched_md
+    except ImportError as exc:
+        raise ModuleNotFoundError(f"md.engine=torch_sim needs torch-sim ({exc}): pip install 'hessdistill[md]'") \
+            from None
+    md = batched_md.md_report(starts, models, training, md_cfg.steps, md_cfg.nve_steps, md_cfg.replicas,
+                              md_cfg.temperature_K, md_cfg.timestep_fs, md_cfg.friction_per_fs, md_cfg.max_deviation)
+    speed = {name: batched_md.md_throughput(starts[0], model, md_cfg.batch, md_cfg.max_replicas,
+                                            md_cfg.throughput_steps, md_cfg.timestep_fs)
+             for name, model in models.items()}
+    for key in ("per_trajectory_ns_per_day", "best_per_trajectory_ns_per_day", "best_total_ns_per_day"):
+        speed[f"speedup_{key}"] = speed["student"][key] / speed["teacher"][key]
+    return md, speed
 
 
 def md_summary(md: dict) -> list[dict]:
@@ -151,6 +176,8 @@ def write_outputs(out: Path, result: dict) -> None:
         flat["speed/speedup_at_best_batch"] = result["speed"]["speedup_at_best_batch"]
     if "spectra_mae_cm1" in result:
         flat["spectra/mae_cm1"] = result["spectra_mae_cm1"]
+    for who in ("student", "teacher"):
+        flat.update({f"md_speed/{who}/{k}": v for k, v in result.get("md_speed", {}).get(who, {}).items()})
     for row in result.get("md_summary", []):
         flat.update({f"md/{row['model']}/{k}": v for k, v in row.items() if k != "model"})
     with open(out / "metrics.csv", "w", newline="") as handle:
@@ -169,6 +196,13 @@ def write_outputs(out: Path, result: dict) -> None:
         sections += [f"\n## FIRE relaxation (judged by {result['relax_judged_by']})\n", markdown_table(result["relax"])]
     if "md_summary" in result:
         sections += ["\n## MD: NVT stability and NVE drift\n", markdown_table(result["md_summary"])]
+    if "md_speed" in result:
+        speed = result["md_speed"]
+        sections += ["\n## MD throughput (torch-sim, replicas of one structure)\n",
+                     markdown_table([{"model": who, **speed[who]} for who in ("student", "teacher")]),
+                     f"\nstudent/teacher per trajectory: {speed['speedup_per_trajectory_ns_per_day']:.2f}x at "
+                     f"{speed['student']['batch']} replicas, {speed['speedup_best_per_trajectory_ns_per_day']:.2f}x at "
+                     f"the best replica counts ({speed['speedup_best_total_ns_per_day']:.2f}x in total)"]
     if "spectra" in result:
         sections += ["\n## Harmonic spectra\n", markdown_table([{"name": s["name"], "mae_cm1": s["mae_cm1"]}
                                                                 for s in result["spectra"]])]

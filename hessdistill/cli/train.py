@@ -10,7 +10,9 @@ run reads follows from what its loss terms declare (``training.terms``), from th
 
 Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
 split; point ``subset.split_file`` at it to reuse it), ``run_info.json`` (git commit, package versions) and
-``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory.
+``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory, and,
+from ``checkpoints/last.ckpt``, ``deployed.pt``: the student as a metatomic model file for ASE, LAMMPS and
+torch-sim (``deploy.enabled``; ``hessdistill-deploy``).
 ``ckpt_path=…/last.ckpt`` resumes a run where it stopped (weights, optimiser, EMA, λ_KD halvings; shuffles and rows
 are seeded per epoch), reproducing its curve. The subset's store is built first if it does not exist.
 """
@@ -99,7 +101,7 @@ def write_run_info(output_dir: Path) -> dict:
 
     versions = {}
     for name in ("hessdistill", "torch", "lightning", "torch-geometric", "hydra-core", "numpy", "h5py", "ase",
-                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin-torch"):
+                 "torchani", "mace-torch", "e3nn", "chgnet", "vesin-torch", "metatomic-torch"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -133,6 +135,19 @@ def instantiate_logger(config: DictConfig, output_dir: str):
             raise ModuleNotFoundError(f"logger=wandb needs wandb ({exc.__cause__}): pip install 'hessdistill[wandb]'") \
                 from exc
         raise
+
+
+def deploy_after_training(checkpoint: str, dtype: str | None) -> str | None:
+    """Deploy the run's last checkpoint into its directory; returns the file, or None after logging a warning (a
+    trained student is never lost to a failed deployment: ``hessdistill-deploy checkpoint=…`` can retry)."""
+    from hessdistill.cli.deploy import deploy_checkpoint
+
+    try:
+        return deploy_checkpoint(checkpoint, dtype=dtype)["path"]
+    except Exception as exc:  # noqa: BLE001 (whatever failed, the run's results stand)
+        log.warning("could not deploy %s (%s: %s); retry with hessdistill-deploy checkpoint=%s", checkpoint,
+                    type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "", checkpoint)
+        return None
 
 
 def run(cfg: DictConfig, output_dir: str) -> dict:
@@ -172,6 +187,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
         (test,) = trainer.test(module, datamodule=dm, verbose=False)
         result["test"] = {k: float(v) for k, v in test.items()}
     if trainer.is_global_zero:
+        if cfg.deploy.enabled:
+            result["deployed"] = deploy_after_training(result["checkpoint"], cfg.deploy.dtype)
         Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
         log.info("metrics written to %s", Path(output_dir, "metrics.json"))
     return result

@@ -86,14 +86,14 @@ class SphericalBasis(nn.Module):
 def _lex_order(keys: list[Tensor]) -> Tensor:
     """Permutation sorting rows lexicographically by ``keys`` (first key most significant)."""
     order = torch.arange(keys[0].shape[0], device=keys[0].device)
-    for key in reversed(keys):
+    for key in keys[::-1]:
         order = order[torch.sort(key[order], stable=True).indices]
     return order
 
 
 def reverse_edges(edge_index: Tensor, vectors: Tensor, where: str = "GemNet") -> Tensor:
     """(E,) index of each edge's reverse (dst → src, opposite vector); the graph must be symmetric."""
-    src, dst = edge_index
+    src, dst = edge_index[0], edge_index[1]
     q = torch.round(vectors.detach() * 1e4).long()  # 1e-4 Å grid tells periodic images apart
     order = _lex_order([src, dst, q[:, 0], q[:, 1], q[:, 2]])
     flipped = _lex_order([dst, src, -q[:, 0], -q[:, 1], -q[:, 2]])
@@ -109,8 +109,8 @@ def reverse_edges(edge_index: Tensor, vectors: Tensor, where: str = "GemNet") ->
 def triplets(edge_index: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
     """Triplets (k → j → i) as (incoming edge kj (T,), outgoing edge ji (T,)), all pairs sharing atom j except
     an edge with its own reverse (k = i, same image). Sorted by outgoing edge."""
-    src, dst = edge_index
-    n_atoms = int(torch.maximum(src.max(), dst.max())) + 1 if src.numel() else 0
+    src, dst = edge_index[0], edge_index[1]
+    n_atoms = int(torch.maximum(src.max(), dst.max())) + 1 if src.numel() > 0 else 0
     by_dst = torch.argsort(dst, stable=True)
     incoming = torch.bincount(dst, minlength=n_atoms)  # edges ending at each atom
     start = torch.cumsum(incoming, 0) - incoming
@@ -119,7 +119,7 @@ def triplets(edge_index: Tensor, vectors: Tensor) -> tuple[Tensor, Tensor]:
     offset = (torch.arange(out_edge.shape[0], device=src.device)
               - torch.repeat_interleave(torch.cumsum(per_out, 0) - per_out, per_out))
     in_edge = by_dst[start[src[out_edge]] + offset]
-    keep = (vectors.detach()[in_edge] + vectors.detach()[out_edge]).norm(dim=-1) > 1e-4  # drop k = i
+    keep = torch.linalg.vector_norm(vectors.detach()[in_edge] + vectors.detach()[out_edge], dim=-1) > 1e-4  # drop k = i
     return in_edge[keep], out_edge[keep]
 
 
@@ -128,7 +128,7 @@ def triplet_slots(out_edge: Tensor, n_edges: int) -> tuple[Tensor, int]:
     layout of a padded (E, K, …) tensor. ``out_edge`` must be sorted (as ``triplets`` returns it)."""
     counts = torch.bincount(out_edge, minlength=n_edges)
     slot = torch.arange(out_edge.shape[0], device=out_edge.device) - (torch.cumsum(counts, 0) - counts)[out_edge]
-    return slot, int(counts.max()) if counts.numel() else 0
+    return slot, int(counts.max()) if counts.numel() > 0 else 0
 
 
 class TripletGraph(NamedTuple):

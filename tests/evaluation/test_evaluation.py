@@ -210,60 +210,6 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
     assert all(f"## {part}" in report for part in ("Accuracy", "Speed", "MD", "FIRE", "Harmonic spectra"))
 
 
-@pytest.mark.parametrize("student", [f"{name}-{mode}" for name in ("painn", "schnet", "escn", "gemnet")
-                                     for mode in ("direct", "conservative")])
-def test_exported_student_gives_the_same_energies_and_forces(student, tmp_path):
-    from conftest import make_batch
-    from hessdistill.integrations.export import ExportedStudent, export_student
-    from hessdistill.models.escn import ESCN
-    from hessdistill.models.gemnet import GemNet
-    from hessdistill.models.schnet import SchNet
-
-    name, mode = student.split("-")
-    torch.manual_seed(0)
-    model = {"painn": lambda: tiny_painn(mode), "schnet": lambda: SchNet(16, 16, 2, 12, 4.0, force_mode=mode).double(),
-             "escn": lambda: ESCN(8, 6, 2, 4, 4.0, force_mode=mode).double(),
-             "gemnet": lambda: GemNet(2, 16, 16, 8, 8, 8, 8, 4, 4, cutoff=4.0, force_mode=mode).double()}[name]()
-    model.set_energy_statistics(torch.linspace(-5.0, -1.0, 119, dtype=torch.float64), 0.5)
-    path = export_student(model, tmp_path / "student.pt2", make_batch([rattled("CH3OH"), rattled("H2O")]))
-    exported = ExportedStudent(path)
-    # other molecules, other sizes and edge counts than those traced
-    batch = make_batch([rattled("C2H6CHOH", seed=2), rattled("NH3", seed=3), rattled("CH3CONH2", seed=4)])
-    e_ref, f_ref = model.energy_forces(batch.clone())
-    e_exp, f_exp = exported.energy_forces(batch.clone())
-    torch.testing.assert_close(e_exp, e_ref, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(f_exp, f_ref, atol=1e-10, rtol=1e-10)
-    assert f_ref.abs().max() > 1e-4
-    atoms = rattled("CH3OH", seed=9)
-    atoms.calc = TorchCalculator(exported)  # the ASE calculator takes the exported student as is
-    np.testing.assert_allclose(atoms.get_forces(), model.energy_forces(make_batch([atoms]))[1].numpy(), atol=1e-10)
-
-
-def test_exported_gemnet_on_a_periodic_cell_where_atoms_meet_their_images(tmp_path):
-    """The wrapper builds GemNet's triplets and reverse edges (periodic images told apart) outside the program; a
-    diatomic, with no triplets, runs too."""
-    from ase.build import bulk
-
-    from conftest import make_batch
-    from hessdistill.integrations.export import ExportedStudent, export_student
-    from hessdistill.models.gemnet import GemNet
-
-    torch.manual_seed(0)
-    model = GemNet(2, 16, 16, 8, 8, 8, 8, 4, 4, cutoff=4.0, force_mode="direct").double()
-    path = export_student(model, tmp_path / "gemnet.pt2", make_batch([rattled("CH3OH"), rattled("H2O")]))
-    cell = bulk("Si", "diamond", a=5.43)
-    cell.rattle(0.05, seed=1)
-    batch = make_batch([cell, rattled("NH3", seed=3)])
-    e_ref, f_ref = model.energy_forces(batch.clone())
-    exported = ExportedStudent(path)
-    e_exp, f_exp = exported.energy_forces(batch.clone())
-    torch.testing.assert_close(e_exp, e_ref, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(f_exp, f_ref, atol=1e-10, rtol=1e-10)
-    diatomic = make_batch([rattled("CO", seed=1)])  # no triplets at all: zero-length index inputs
-    torch.testing.assert_close(exported.energy_forces(diatomic.clone())[1], model.energy_forces(diatomic)[1],
-                               atol=1e-10, rtol=1e-10)
-
-
 def test_checkpoints_that_name_code_outside_the_package_are_refused(tmp_path):
     from hessdistill.evaluation.checkpoint import CheckpointError, load_student
 

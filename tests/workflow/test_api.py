@@ -91,3 +91,27 @@ def test_predict_writes_every_frame(trained, tmp_path):
         reference.calc = calc
         assert energy == pytest.approx(reference.get_potential_energy(), abs=1e-5)
         np.testing.assert_allclose(forces, reference.get_forces(), atol=1e-5)
+
+
+def test_training_leaves_a_deployed_model_with_the_checkpoints_energies(trained, tmp_path, caplog):
+    from hessdistill.cli.train import deploy_after_training
+    from hessdistill.integrations.deploy import DeployError
+
+    work, run = trained
+    assert run["deployed"] == str(work / "run" / "deployed.pt")
+    atoms = ase.io.read(hd.config.dataset_path("demo/hcno_wb97x_631gd.extxyz"), index=3)
+    atoms.calc = hd.load_calculator(run["checkpoint"], device="cpu")
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = hd.deployed_calculator(run["deployed"])
+    # a float32 student deployed in float32: totals to float32 resolution of ~1e3 eV, forces to float32 round-off
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=2e-3)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=2e-5)
+    info = hd.deploy(checkpoint=run["checkpoint"], target=str(tmp_path / "f64.pt"), dtype="float64")
+    assert info["dtype"] == "float64" and info["force_mode"] == "conservative" and info["species"] == [1, 6, 7, 8]
+    atoms.calc = hd.deployed_calculator(info["path"])
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-4)  # float64 totals of a float32 student
+    with pytest.raises(DeployError, match="dtype must be float32 or float64, got 'float16'"):
+        hd.deploy(checkpoint=run["checkpoint"], target=str(tmp_path / "f16.pt"), dtype="float16")
+    # a deployment that fails after training is a warning, not a crashed run
+    assert deploy_after_training(str(tmp_path / "missing.ckpt"), None) is None
+    assert "could not deploy" in caplog.text and "checkpoint not found" in caplog.text

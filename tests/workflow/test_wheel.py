@@ -1,6 +1,7 @@
 """The package as a user installs it: a wheel (no editable install, no checkout on the path) in a fresh virtual
-environment runs ``hessdistill-precompute``, a 2-epoch ``hessdistill-train`` and ``hessdistill-evaluate`` from an
-empty directory, with a subset from the user's own config folder (``--config-dir``)."""
+environment runs ``hessdistill-precompute``, a 2-epoch ``hessdistill-train`` (which deploys its student),
+``hessdistill-evaluate`` and ``hessdistill-deploy`` from an empty directory, with a subset from the user's own
+config folder (``--config-dir``)."""
 
 from __future__ import annotations
 
@@ -62,13 +63,17 @@ def test_wheel_runs_precompute_train_and_evaluate_from_an_empty_directory(instal
     assert done.returncode == 0, done.stderr[-3000:]
     trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert trained["epochs"] == 2 and trained["test"]["test/force_mae"] > 0
+    assert trained["deployed"] == str(tmp_path / "run" / "deployed.pt") and Path(trained["deployed"]).is_file()
+    done = command(installed, tmp_path, "hessdistill-deploy", "checkpoint=run/checkpoints/last.ckpt",
+                   "target=student.pt", "dtype=float64")
+    assert done.returncode == 0 and (tmp_path / "student.pt").is_file(), done.stderr[-3000:]
     done = command(installed, tmp_path, "hessdistill-evaluate", *user, "checkpoint=run/checkpoints/last.ckpt",
                    "speed.enabled=false", "md.enabled=false", "relax.enabled=false", "spectra.enabled=false",
                    "hydra.run.dir=eval")
     assert done.returncode == 0, done.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"]
     assert evaluated["force_mae"] == pytest.approx(trained["test"]["test/force_mae"], rel=1e-4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "myconf", "pre", "run", "stores"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "myconf", "pre", "run", "stores", "student.pt"]
 
 
 def test_a_missing_data_file_is_named_with_the_working_directory(installed, tmp_path):
