@@ -23,15 +23,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it, keep its output, record exit
   printf '%s\t%s\t%s\n' "$name" "$?" "$((SECONDS - start))" >> "$OUT/summary.tsv"
 }
 
-step gpu_tests 240 "$PYTHON" -m pytest -q -m gpu tests
-step teacher_hessians_ani1x 90 "$PYTHON" benchmarks/teacher_hessians.py --teacher ani1x --device cuda \
+step gpu_tests 180 "$PYTHON" -m pytest -q -m gpu tests
+step teacher_hessians_ani1x 60 "$PYTHON" benchmarks/teacher_hessians.py --teacher ani1x --device cuda \
   --n-structures 64 --batch-size 16 --repeat 2
-step row_strategies 200 "$PYTHON" benchmarks/row_strategies.py --device cuda --students painn_small gemnet_dt \
+step row_strategies 150 "$PYTHON" benchmarks/row_strategies.py --device cuda --students painn_small gemnet_dt \
   --batch 8 32 --rows 1 4 16 --rounds 5 --compile
-step students 120 "$PYTHON" benchmarks/students.py --device cuda --repeat 3
+step students 90 "$PYTHON" benchmarks/students.py --device cuda --repeat 3
 step graph_building 30 "$PYTHON" benchmarks/graph_building.py --device cuda
-step md_engines 90 "$PYTHON" benchmarks/md_engines.py --device cuda --md-steps 3
-step shape_matched_teachers 180 "$PYTHON" benchmarks/shape_matched_teachers.py --device cuda --repeat 2 \
+step md_engines 60 "$PYTHON" benchmarks/md_engines.py --device cuda --md-steps 3
+step shape_matched_teachers 120 "$PYTHON" benchmarks/shape_matched_teachers.py --device cuda --repeat 2 \
   --teachers off_small off_medium off_large mp_medium --md-steps 3
 
 echo

@@ -108,28 +108,37 @@ def _forward_mode_rows(student, batch) -> dict[str, Tensor]:
 
     (energy, forces, scalars), jacobian = jvp_lanes(outputs, pos, lanes, output=1)
     if kind not in JVP_TRUSTED:
-        JVP_TRUSTED[kind] = _forward_mode_fault(student, pos, forces, lanes[0], jacobian[0])
+        again = jvp_lanes(outputs, pos, lanes, output=1)[1]  # a leak between dual forwards shows from the second
+        JVP_TRUSTED[kind] = _forward_mode_fault(student, pos, forces, torch.cat([lanes, lanes]),
+                                                torch.cat([jacobian, again]))
         if JVP_TRUSTED[kind] is not None:
             raise RuntimeError(JVP_TRUSTED[kind])
     return {"energy": energy, "forces": forces, "pos": pos, "node_features": scalars, "force_jacobian_rows": jacobian}
 
 
-def _forward_mode_fault(student, pos: Tensor, forces: Tensor, lane: Tensor, tangent: Tensor) -> str | None:
+def _forward_mode_fault(student, pos: Tensor, forces: Tensor, lanes: Tensor, tangents: Tensor) -> str | None:
     """Checked once per kind of student, on its first batch: why its forward-mode rows cannot be used, or None.
 
-    Two ways they fail without an error of their own: tangents that are wrong (an op's forward-mode formula; found in
-    mace-torch's direct-force student), caught by the adjoint test uᵀ(J v) = (uᵀJ) v against one VJP with a random u;
-    and a backward through the tangents that fails (torch 2.13: vector_norm's formula under a conservative student).
+    Two ways they fail without an error of their own: tangents that are wrong (found in mace-torch's direct-force
+    student, where every dual forward after the first returns wrong tangents: the caller passes the lanes of two
+    passes), caught by the adjoint test uᵀ(J v) = (uᵀJ) v of every lane v (L, Ntot, 3) against one VJP with a random
+    u; and a backward through the tangents that fails (torch 2.13: vector_norm's formula under a conservative
+    student).
     """
     u = torch.randn(forces.shape, generator=torch.Generator().manual_seed(0), dtype=forces.dtype).to(forces.device)
     (vjp,) = torch.autograd.grad(forces, pos, u, retain_graph=True)
-    forward, reverse = float((u * tangent).sum().detach()), float((vjp * lane).sum().detach())
-    bound = float(u.norm() * tangent.detach().norm()) + float(vjp.norm() * lane.norm())
-    if abs(forward - reverse) > 1e-4 * bound:
-        return (f"forward-mode tangents fail the adjoint test: uᵀ(Jv) = {forward:.6g}, (uᵀJ)v = {reverse:.6g}")
+    tangents_ = tangents.detach()
+    forward = (u * tangents_).sum(dim=(1, 2))  # (L,)
+    reverse = (vjp * lanes).sum(dim=(1, 2))
+    bound = u.norm() * tangents_.flatten(1).norm(dim=1) + vjp.norm() * lanes.flatten(1).norm(dim=1)
+    wrong = torch.nonzero((forward - reverse).abs() > 1e-4 * bound).flatten().tolist()
+    if wrong:
+        k = wrong[0]
+        return (f"forward-mode tangents fail the adjoint test in {len(wrong)} of {len(lanes)} lanes (lane {k}: "
+                f"uᵀ(Jv) = {float(forward[k]):.6g}, (uᵀJ)v = {float(reverse[k]):.6g})")
     leaves = [pos, *(p for p in student.parameters() if p.requires_grad)]  # what the loss backward reaches
     try:
-        torch.autograd.grad(tangent.square().sum(), leaves, retain_graph=True, allow_unused=True)
+        torch.autograd.grad(tangents.square().sum(), leaves, retain_graph=True, allow_unused=True)
     except RuntimeError as exc:
         return f"the backward of forward-mode rows fails: {str(exc).splitlines()[0]}"
     return None

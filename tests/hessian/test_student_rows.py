@@ -107,3 +107,30 @@ def test_training_rows_on_cuda_equal_cpu(strategy):
     gpu = predict(model.cuda(), batch.cuda(), {"force_jacobian_rows"}, create_graph=True, strategy=strategy)
     torch.testing.assert_close(gpu["force_jacobian_rows"].detach().cpu(), cpu["force_jacobian_rows"].detach(),
                                atol=1e-8, rtol=1e-6)
+
+
+def test_forward_mode_that_goes_wrong_after_its_first_pass_is_refused(monkeypatch):
+    """mace-torch's direct student computes right tangents in its first dual forward and wrong ones after: the probe
+    runs two passes and adjoint-tests every lane, so jvp falls back (counted) instead of training on wrong rows."""
+    from hessdistill.hessian import forward_mode
+    from hessdistill.training import predictions
+
+    calls = {"n": 0}
+    real = forward_mode.jvp_lanes
+
+    def leaky(fn, pos, lanes, output):  # a model whose state leaks between dual forwards: later passes are wrong
+        primal, tangents = real(fn, pos, lanes, output)
+        calls["n"] += 1
+        return primal, tangents if calls["n"] == 1 else 2 * tangents
+
+    monkeypatch.setattr(predictions, "jvp_lanes", leaky)
+    monkeypatch.setattr(predictions, "JVP_TRUSTED", {})
+    model = tiny_painn("direct")
+    batch = batch_of(model, rows=1)
+    fallbacks = predictions.JVP_FALLBACKS["count"]
+    got = predict(model, batch, {"force_jacobian_rows"}, create_graph=True, strategy="jvp")
+    assert predictions.JVP_FALLBACKS["count"] == fallbacks + 1
+    assert "adjoint test in 1 of 2 lanes" in next(iter(predictions.JVP_TRUSTED.values()))
+    out = model(batch)
+    exact = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows, batch.ptr, create_graph=False)
+    torch.testing.assert_close(got["force_jacobian_rows"].detach(), exact, atol=1e-12, rtol=0)  # VJP rows instead
