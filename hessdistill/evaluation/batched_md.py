@@ -6,7 +6,7 @@ at the first step where a bond deviates more than ``max_deviation`` Å from its 
 bond vectors in periodic cells); failed replicas keep running with the others and the run stops when all have
 failed. Throughput: velocity-Verlet steps per second with R replicas, as ns/day *per trajectory* (each replica
 advances by one timestep per step) and in total (× R); the replica count that maximises the total is found by
-doubling R, as ``speed.best_batch`` does for single calls.
+doubling R (``speed.doubling_search``), as ``speed.best_batch`` does for single calls.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from ase import units
 
 from hessdistill.evaluation.md import bond_lengths, bonds_of, energy_drift, equilibrium_lengths
-from hessdistill.evaluation.speed import _sync, ns_per_day
+from hessdistill.evaluation.speed import _sync, doubling_search, ns_per_day
 from hessdistill.integrations.torchsim import TorchSimModel
 
 FS = units.fs  # 1 fs in ASE's (= torch-sim's metal) time unit
@@ -174,16 +174,7 @@ def md_throughput(atoms, model, batch: int = 64, max_replicas: int = 4096, steps
         return replicas * md_steps_per_second(atoms, model, replicas, steps, timestep_fs)
 
     single = total(1)
-    best, best_rate = 1, single
-    while 2 * best <= max_replicas:
-        try:
-            rate = total(2 * best)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            break
-        if rate < gain * best_rate:
-            break
-        best, best_rate = 2 * best, rate
+    best, best_rate = doubling_search(total, 1, max_replicas, single, gain)
     at_batch = total(batch)
     if at_batch > best_rate:  # the doubling stops at the first gain below `gain`; a larger count may still win
         best, best_rate = batch, at_batch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 
 import torch
 from torch_geometric.data import Batch
@@ -47,22 +48,29 @@ def structures_per_second(model, structures, batch_size: int, repeat: int = 3) -
     return batch_size / timed(call, p.device, repeat)
 
 
-def best_batch(model, structures, start: int = 64, max_batch: int = 4096, repeat: int = 3,
-               start_rate: float | None = None, gain: float = 1.05) -> tuple[int, float]:
-    """Double the batch from ``start`` while throughput improves by ≥ ``gain`` (until memory runs out or
-    ``max_batch``); returns (batch, structures/s). ``start_rate``: the rate at ``start`` if already measured."""
+def doubling_search(rate: Callable[[int], float], start: int, limit: int, start_rate: float | None = None,
+                    gain: float = 1.05) -> tuple[int, float]:
+    """Double a size from ``start`` while ``rate(size)`` improves by ≥ ``gain`` (until ``limit`` or CUDA runs out of
+    memory); returns (size, its rate). ``start_rate``: the rate at ``start`` if already measured."""
     size = start
-    rate = start_rate if start_rate is not None else structures_per_second(model, structures, start, repeat)
-    while 2 * size <= max_batch:
+    best = start_rate if start_rate is not None else rate(start)
+    while 2 * size <= limit:
         try:
-            bigger = structures_per_second(model, structures, 2 * size, repeat)
+            bigger = rate(2 * size)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
-        if bigger < gain * rate:
+        if bigger < gain * best:
             break
-        size, rate = 2 * size, bigger
-    return size, rate
+        size, best = 2 * size, bigger
+    return size, best
+
+
+def best_batch(model, structures, start: int = 64, max_batch: int = 4096, repeat: int = 3,
+               start_rate: float | None = None, gain: float = 1.05) -> tuple[int, float]:
+    """The batch of best throughput (structures/s), doubling from ``start`` (``doubling_search``)."""
+    return doubling_search(lambda size: structures_per_second(model, structures, size, repeat), start, max_batch,
+                           start_rate, gain)
 
 
 def speed_report(model, structures, batch_size: int = 64, max_batch: int = 4096, repeat: int = 3) -> dict:
