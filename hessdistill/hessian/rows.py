@@ -23,10 +23,9 @@ EVAL_ROWS_SEED = 10_000  # fixed evaluation rows: structure i of split seed k dr
 
 
 def resolve_strategy(strategy: RowStrategy, device: torch.device) -> str:
-    """For sampled student rows: "auto" → "vmap" on CUDA, "loop" elsewhere.
-
-    On CPU the loop of autograd.grad is faster for a few differentiable rows (benchmarks/row_strategies.py:
-    vmap/loop 0.73–0.92× for PaiNN train steps at s = 1, 4 on 2 cores).
+    """Exact VJP rows (teachers, evaluation, and the student's training rows by loop/vmap, which
+    ``hessian.student_rows`` chooses among more): "auto" → "vmap" on CUDA, "loop" elsewhere, where a loop of
+    autograd.grad beats vmap for a few rows (benchmarks/row_strategies.py: vmap 1.0–1.9× the loop's cost on CPU).
     """
     if strategy == "auto":
         return "vmap" if device.type == "cuda" else "loop"
