@@ -1,6 +1,6 @@
 """Students that reach their teacher (#13): the README's results table — undistilled, Hessian KD (s = 4, s = 1),
 + teacher-labelled augmentation (rattle, normal modes, teacher MD; forces only or fitted molecule offsets),
-+ on-policy rounds, + importance-sampled rows — per student, as mean ± std over seeds.
++ on-policy rounds, + both (rattles, then rounds), + importance-sampled rows — per student, as mean ± std over seeds.
 
 Honest hygiene: λ_KD of every variant is chosen on the *validation* split (the mean over seeds of the final EMA
 student's validation force MAE), never on the test split; the table reports that λ's test metrics. Columns: test
@@ -15,8 +15,10 @@ a variant). The teacher's own row comes from the test metrics of its labels.
     # proof that it runs: the demo set, a tiny student, 2 epochs, one seed, one λ (minutes on a CPU)
     python benchmarks/reach_teacher.py --toy --out outputs/reach_teacher_toy
 
-Writes ``results.json`` (every run: config, val/test metrics, MD, timings) and ``results.md`` (the table) to --out.
-Runs already in results.json are skipped, so an interrupted benchmark continues where it stopped.
+Every run writes ``<out>/<student>/<variant>/<run>/result.json`` (config, val/test metrics, MD, timings) when it
+ends; runs that have one are skipped, so an interrupted benchmark continues where it stopped, and several processes
+may share one --out (e.g. one per variant, with ``OMP_NUM_THREADS`` set so threads ≤ cores). Each process then
+gathers every finished run under --out into ``results.json`` and ``results.md`` (the table); ``--table`` only gathers.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from hessdistill.cli.train import RUN_CONFIG
 from hessdistill.data.store import HessianStore
 
 KD = ["distill=hessian"]
+ON_POLICY = {"onpolicy", "rattle_onpolicy"}  # variants trained by hd.onpolicy (its rounds) rather than hd.train
 VARIANTS = {  # name → overrides on the experiment (λ_KD and rows come from the grid and here)
     "undistilled": ["distill=undistilled"],
     "hessian_s4": [*KD, "rows=4"],
@@ -44,15 +47,16 @@ VARIANTS = {  # name → overrides on the experiment (λ_KD and rows come from t
     "normal_modes": [*KD, "rows=4", "augment=normal_modes"],
     "teacher_md": [*KD, "rows=4", "augment=teacher_md"],
     "onpolicy": [*KD, "rows=4"],
+    "rattle_onpolicy": [*KD, "rows=4", "augment=rattle"],
     "rows_teacher_norm": [*KD, "rows=4", "row_sampling=teacher_norm"],
     "rows_residual": [*KD, "rows=4", "row_sampling=residual"],
 }
 TOY = ["student.hidden_channels=16", "student.num_layers=2", "student.num_rbf=8"]  # --toy: every run, and by variant
 ONE_COPY = ["augment.generator.copies=1"]
+TOY_ROUNDS = ["onpolicy.starts=4", "onpolicy.select=4", "onpolicy.md.steps=20", "onpolicy.md.interval=5"]
 TOY_VARIANTS = {"rattle": ONE_COPY, "rattle_molecule_offset": ONE_COPY, "normal_modes": ONE_COPY,
                 "teacher_md": ["augment.generator.temperatures_K=[500.0]", "augment.generator.snapshots=1"],
-                "onpolicy": ["onpolicy.starts=4", "onpolicy.select=4", "onpolicy.md.steps=20",
-                             "onpolicy.md.interval=5"]}
+                "onpolicy": TOY_ROUNDS, "rattle_onpolicy": ONE_COPY + TOY_ROUNDS}
 
 
 def parse_args(argv=None):
@@ -72,6 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="evaluation and augmentation device")
     p.add_argument("--toy", action="store_true", help="2 epochs, seed 0, λ 3, a tiny student, short MD")
     p.add_argument("--out", default="outputs/reach_teacher")
+    p.add_argument("--table", action="store_true", help="only gather the finished runs under --out into the table")
     p.add_argument("overrides", nargs="*", help="further Hydra overrides for every run")
     args = p.parse_args(argv)
     if args.toy:
@@ -104,26 +109,40 @@ def evaluate(run_dir: str, split: str, args, md: bool) -> dict:
     return out
 
 
+RESULT = "result.json"
+
+
+def run_path(out: Path, student: str, variant: str, kd: float | None, seed: int) -> Path:
+    return out / student / variant / (f"kd{kd:g}-seed{seed}" if kd is not None else f"seed{seed}")
+
+
 def train_one(args, student: str, variant: str, kd: float | None, seed: int, out: Path) -> dict:
     """One run of a variant: trained (on-policy: with its rounds), evaluated on val and test."""
-    run_dir = out / student / variant / (f"kd{kd:g}-seed{seed}" if kd is not None else f"seed{seed}")
+    run_dir = run_path(out, student, variant, kd, seed)
     overrides = [*base_overrides(args, student, variant), f"seed={seed}",
                  *([f"weights.hessian={kd}"] if kd is not None else [])]
     began = time.perf_counter()
-    if variant == "onpolicy":
+    rounds = []
+    if variant in ON_POLICY:
         per_round = max(1, args.epochs // (args.rounds + 1))
         rounds = hd.onpolicy(*overrides, f"onpolicy.rounds={args.rounds}", f"onpolicy.epochs_per_round={per_round}",
                              f"trainer.max_epochs={args.epochs - args.rounds * per_round}",
                              f"onpolicy.device={args.device}", "onpolicy.progress=false", output_dir=run_dir)
-        calls = {"force": sum(r.get("teacher_force_calls", 0) for r in rounds),
-                 "hessian": sum(r.get("teacher_hessians", 0) for r in rounds)}
     else:
         hd.train(*overrides, f"trainer.max_epochs={args.epochs}", output_dir=run_dir)
-        calls = added_calls(run_dir)
+    calls = added_calls(run_dir)
+    calls = {"force": calls["force"] + sum(r.get("teacher_force_calls", 0) for r in rounds),
+             "hessian": calls["hessian"] + sum(r.get("teacher_hessians", 0) for r in rounds)}
     wall = time.perf_counter() - began
     return {"student": student, "variant": variant, "kd": kd, "seed": seed, "run_dir": str(run_dir),
-            "wall_s": wall, "added_teacher_calls": calls, "val": evaluate(str(run_dir), "val", args, md=False),
+            "epochs": epochs_trained(run_dir), "wall_s": wall, "added_teacher_calls": calls,
+            "val": evaluate(str(run_dir), "val", args, md=False),
             "test": evaluate(str(run_dir), "test", args, md=args.md_count > 0)}
+
+
+def epochs_trained(run_dir: Path) -> int:
+    """Epochs the run's final student trained, all on-policy rounds included (its saved config's max_epochs)."""
+    return int(OmegaConf.load(run_dir / RUN_CONFIG).trainer.max_epochs)
 
 
 def added_calls(run_dir: Path) -> dict:
@@ -146,13 +165,13 @@ def mean_std(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     """The README table: per student and variant, the λ_KD chosen on validation and its runs' test metrics."""
     lines = ["| student | variant | λ_KD (val) | seeds | test force MAE meV/Å | test energy MAE meV/atom | "
-             "Hessian-row MAE eV/Å² | NVT stable | wall s/run | added teacher force calls / Hessians |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Hessian-row MAE eV/Å² | NVT stable | epochs | wall s/run | added teacher force calls / Hessians |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for student in dict.fromkeys(r["student"] for r in runs):
         mine = [r for r in runs if r["student"] == student]
         teacher = mine[0]["test"]["accuracy"]
         lines.append(f"| teacher | — | — | — | {teacher['teacher_force_mae']:.4g} | "
-                     f"{teacher['teacher_energy_mae']:.4g} | 0 | — | — | — |")
+                     f"{teacher['teacher_energy_mae']:.4g} | 0 | — | — | — | — |")
         for variant in dict.fromkeys(r["variant"] for r in mine):
             grid = [r for r in mine if r["variant"] == variant]
             kds = sorted({r["kd"] for r in grid}, key=lambda k: -1 if k is None else k)
@@ -165,6 +184,7 @@ def table(runs: list[dict]) -> str:
             lines.append(f"| {student} | {variant} | {'–' if best is None else f'{best:g}'} | {len(chosen)} | "
                          f"{mean_std([a['force_mae'] for a in acc])} | {mean_std([a['energy_mae'] for a in acc])} | "
                          f"{mean_std([a.get('hessian_mae') for a in acc])} | {stable[0]}/{stable[1]} | "
+                         f"{'/'.join(str(e) for e in sorted({r['epochs'] for r in chosen}))} | "
                          f"{mean_std([r['wall_s'] for r in chosen])} | {calls['force']} / {calls['hessian']} |")
     return "\n".join(lines)
 
@@ -173,17 +193,18 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = out / "results.json"
-    runs = json.loads(record.read_text()) if record.exists() else []
-    done = {(r["student"], r["variant"], r["kd"], r["seed"]) for r in runs}
-    for student in args.students:
+    for student in [] if args.table else args.students:
         for variant in args.variants:
             for kd in ([None] if variant == "undistilled" else args.lambdas):
                 for seed in args.seeds:
-                    if (student, variant, kd, seed) in done:
-                        continue
-                    runs.append(train_one(args, student, variant, kd, seed, out))
-                    record.write_text(json.dumps(runs, indent=1))
+                    done = run_path(out, student, variant, kd, seed) / RESULT
+                    if not done.exists():
+                        result = train_one(args, student, variant, kd, seed, out)
+                        done.write_text(json.dumps(result, indent=1))
+    order = {v: i for i, v in enumerate(VARIANTS)}
+    runs = sorted((json.loads(f.read_text()) for f in out.glob(f"*/*/*/{RESULT}")),
+                  key=lambda r: (r["student"], order[r["variant"]], r["kd"] or 0, r["seed"]))
+    (out / "results.json").write_text(json.dumps(runs, indent=1))
     (out / "results.md").write_text(table(runs) + "\n")
     print(table(runs))
 
