@@ -167,11 +167,12 @@ def table(runs: list[dict]) -> str:
     lines = ["| student | variant | λ_KD (val) | seeds | test force MAE meV/Å | test energy MAE meV/atom | "
              "Hessian-row MAE eV/Å² | NVT stable | epochs | wall s/run | added teacher force calls / Hessians |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for student in dict.fromkeys(r["student"] for r in runs):
-        mine = [r for r in runs if r["student"] == student]
-        teacher = mine[0]["test"]["accuracy"]
+    if runs:  # every run scores the same teacher on the same test split
+        teacher = runs[0]["test"]["accuracy"]
         lines.append(f"| teacher | — | — | — | {teacher['teacher_force_mae']:.4g} | "
                      f"{teacher['teacher_energy_mae']:.4g} | 0 | — | — | — | — |")
+    for student in dict.fromkeys(r["student"] for r in runs):
+        mine = [r for r in runs if r["student"] == student]
         for variant in dict.fromkeys(r["variant"] for r in mine):
             grid = [r for r in mine if r["variant"] == variant]
             kds = sorted({r["kd"] for r in grid}, key=lambda k: -1 if k is None else k)
