@@ -146,10 +146,12 @@ def build_added_store(path: str | Path, main: HessianStore, parents: np.ndarray,
         write_structures(path, structures, attrs={**attrs, "candidates": sum(len(c.energy) for c in
                                                                              candidates.values()),
                                                   "teacher_force_calls": calls})
-    with HessianStore(path, mode="a") as store:
+    with HessianStore(path) as store:  # read-only: runs of a sweep that share a finished store train side by side
         _check_made(path, store.attributes, attrs, parts)
         name = store.attributes["teacher"]
-        if not store.is_complete(name):
+        labelled = store.is_complete(name)
+    if not labelled:
+        with HessianStore(path, mode="a") as store:
             storage = storage_of(main, name)
             precompute_teacher(store, teacher(), batch_size=batch_size, progress=progress, layout=storage["layout"],
                                dtype=storage["dtype"], rows_per_structure=storage["rows_per_structure"])

@@ -3,6 +3,9 @@ resumable building, energy offsets."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -161,6 +164,24 @@ def test_augmentation_resumes_after_a_kill(labelled_store, tmp_path, monkeypatch
             assert np.array_equal(a.hessian("ani1x", i), b.hessian("ani1x", i))
     with pytest.raises(StoreError, match=r"was made with generator=.*delete it"):
         augmented(augment_config(labelled_store, tmp_path / "straight.h5", "rattle", "augment.generator.copies=3"), dm)
+
+
+def test_a_finished_store_is_shared_with_a_run_that_reads_it(labelled_store, tmp_path):
+    """Runs of a sweep share one augmentation store: while another process reads the finished store (a training
+    run), a second run with the same config opens it too, instead of failing on HDF5's write lock."""
+    config = augment_config(labelled_store, tmp_path / "shared.h5", "rattle", "augment.generator.copies=1")
+    dm = datamodule(labelled_store)
+    (path,) = augmented(config, dm)
+    reader = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r'); "
+                               "print('open', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="is locked"):  # the lock this test is about is real here
+            HessianStore(path, mode="a")
+        assert augmented(config, dm) == [path]
+    finally:
+        reader.communicate("")
 
 
 # ---- energies of teacher-labelled structures ---------------------------------------------------------------
