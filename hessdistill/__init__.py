@@ -5,13 +5,16 @@ Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian ro
 
     import hessdistill as hd     # the commands as functions: hd.precompute, hd.train, hd.onpolicy, hd.evaluate,
                                  # hd.predict, hd.load_calculator, hd.compose; hd.HessianStore (see hessdistill.api)
+    hd.register_student("mynet", MyNet)   # your own classes, by key (hessdistill.registry): files name keys only
 """
 
 from hessdistill import config as _config  # noqa: F401  (registers the configs' resolvers)
+from hessdistill.registry import register_plugin, register_student, register_teacher
 
 __version__ = "0.1.0"
 __all__ = ["HessianStore", "compose", "deploy", "deployed_calculator", "evaluate", "load_calculator", "onpolicy",
-           "precompute", "predict", "train"]
+           "precompute", "predict", "register_plugin", "register_student", "register_teacher", "train"]
+
 
 
 def __getattr__(name: str):

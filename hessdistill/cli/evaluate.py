@@ -1,6 +1,7 @@
 """``hessdistill-evaluate``: one command for a trained student and its teacher on the same split.
 
     hessdistill-evaluate run=outputs/demo_hcno-hessian/<time>    # that run's teacher, subset, split, checkpoint
+    hessdistill-evaluate run=<dir> teacher=mace teacher.model=<file>   # a teacher that loads a model file: yours
     hessdistill-evaluate checkpoint=outputs/demo_hcno-hessian/<time>/checkpoints/last.ckpt
 
 Writes into the run directory: ``metrics.json`` (everything), ``metrics.csv`` and ``metrics.md`` (the tables),
@@ -9,6 +10,10 @@ on the split (energy meV/atom, force meV/Å, Hessian-row eV/Å²), speed (struct
 the throughput-maximising batch, student vs teacher), NVT stability and NVE drift (ASE, one run per structure, or
 ``md.engine=torch_sim``: replicas in one batch, plus MD throughput in ns/day per trajectory), FIRE relaxation judged
 by the teacher, and harmonic spectra.
+
+A run folder and a checkpoint are data (``evaluation.run_folder``, ``evaluation.checkpoint``): their teacher and
+student are rebuilt through hessdistill's registry, and a teacher that would load code from a file the run names (a
+MACE ``.model``, a CHGNet file, an ASE calculator class) is built only from your own ``teacher=…`` config.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from pathlib import Path
 import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from hessdistill.cli.train import RUN_CONFIG
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
@@ -35,6 +39,7 @@ from hessdistill.evaluation.checkpoint import checkpoint_weights, load_student
 from hessdistill.evaluation.md import md_report
 from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
 from hessdistill.evaluation.relax import relaxation_report, spectra_report
+from hessdistill.evaluation.run_folder import RunTeacher, training_run
 from hessdistill.evaluation.speed import speed_report
 
 log = logging.getLogger(__name__)
@@ -49,34 +54,34 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def with_training_run(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the teacher, subset, split file and checkpoint of the training run ``cfg.run`` (a run directory),
-    where ``cfg`` does not name its own checkpoint or split file."""
+def with_training_run(cfg: DictConfig) -> tuple[DictConfig, RunTeacher | None]:
+    """``cfg`` with the subset, split file and checkpoint of the training run ``cfg.run`` (a run directory), where
+    ``cfg`` does not name its own checkpoint or split file, and the run's teacher, read as data
+    (``evaluation.run_folder``): None when there is no run, or when its teacher loads code and ``cfg.teacher`` (the
+    user's own config, of the same kind) builds it instead."""
     if cfg.run is None:
         if cfg.checkpoint is None:
             raise ValueError("hessdistill-evaluate needs checkpoint=<file> or run=<training run directory>")
-        return cfg
-    run_dir = Path(cfg.run)
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise FileNotFoundError(f"run={run_dir}: not a training run directory (no {RUN_CONFIG})")
-    trained = OmegaConf.load(run_dir / RUN_CONFIG)
+        return cfg, None
+    trained = training_run(Path(cfg.run), cfg.teacher.get("_target_"))
     cfg = cfg.copy()
     with open_dict(cfg):
-        cfg.teacher, cfg.subset = trained.teacher, trained.subset
-        cfg.split_file = cfg.split_file or str(run_dir / "splits.json")
-        cfg.checkpoint = cfg.checkpoint or str(run_dir / "checkpoints" / "last.ckpt")
-    return cfg
+        cfg.subset = trained.subset
+        cfg.split_file = cfg.split_file or str(trained.split_file)
+        cfg.checkpoint = cfg.checkpoint or str(trained.checkpoint)
+    return cfg, trained.teacher
 
 
 def run(cfg: DictConfig, output_dir: str) -> dict:
-    cfg = with_training_run(cfg)
+    cfg, run_teacher = with_training_run(cfg)
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is not a split name; choose one of {', '.join(SPLITS)}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     student = load_student(cfg.checkpoint, device)
-    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
+    # the run folder's teacher from its record; the user's own config otherwise (code they vouch for)
+    teacher = (run_teacher.build() if run_teacher is not None else hydra.utils.instantiate(cfg.teacher)).to(device)
     with HessianStore(cfg.subset.store) as store:
         labelled = store.is_complete(teacher.name)
     if not labelled:

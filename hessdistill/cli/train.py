@@ -13,6 +13,8 @@ split; point ``subset.split_file`` at it to reuse it), ``run_info.json`` (git co
 ``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory, and,
 from ``checkpoints/last.ckpt``, ``deployed.pt``: the student as a metatomic model file for ASE, LAMMPS and
 torch-sim (``deploy.enabled``; ``hessdistill-deploy``).
+Checkpoints are written to a side file and renamed into place (a full disk never leaves a truncated one) and record
+the student as its registry key and plain arguments (``hessdistill.registry``).
 ``ckpt_path=…/last.ckpt`` resumes a run where it stopped (weights, optimiser, EMA, λ_KD halvings; shuffles and rows
 are seeded per epoch), reproducing its curve. The subset's store is built first if it does not exist.
 """
@@ -37,13 +39,14 @@ from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
 from hessdistill.evaluation.checkpoint import check_resumable
+from hessdistill.evaluation.run_folder import RUN_CONFIG
+from hessdistill.training.checkpoint_io import ReplacingCheckpointIO
 from hessdistill.training.module import DistillModule
 from hessdistill.training.terms import Loss
 
 log = logging.getLogger(__name__)
 
 TEACHER_MODES = ("precomputed", "online")
-RUN_CONFIG = "config.yaml"  # the resolved config of a run, in its directory (what `hessdistill-evaluate run=` reads)
 
 
 def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
@@ -124,6 +127,15 @@ def make_callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
     return out
 
 
+def trainer_plugins(config: DictConfig) -> list:
+    """The trainer config's plugins, checkpoints written whole (``ReplacingCheckpointIO``) unless one of them is a
+    checkpoint writer of its own."""
+    from lightning.pytorch.plugins.io import CheckpointIO
+
+    plugins = [hydra.utils.instantiate(p) for p in config.get("plugins") or []]
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, ReplacingCheckpointIO()]
+
+
 def instantiate_logger(config: DictConfig, output_dir: str):
     """A configured logger writing into ``output_dir`` unless its ``save_dir`` says otherwise; wandb, an optional
     dependency, is named with the extra that installs it when missing."""
@@ -174,11 +186,13 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     loggers = [instantiate_logger(c, output_dir) for c in cfg.logger]
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=make_callbacks(cfg, output_dir),
-                                      default_root_dir=output_dir, inference_mode=False)
+                                      plugins=trainer_plugins(cfg.trainer), default_root_dir=output_dir,
+                                      inference_mode=False)
     if main_process:
         write_run_info(Path(output_dir))
         OmegaConf.save(cfg, Path(output_dir) / RUN_CONFIG, resolve=True)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    # weights only: a resumed checkpoint is data (check_resumable read it so first; this holds if it was swapped since)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
               "epochs": trainer.current_epoch, "run_dir": str(output_dir),
               "checkpoint": str(Path(output_dir) / "checkpoints" / "last.ckpt"),

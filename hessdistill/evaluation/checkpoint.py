@@ -1,9 +1,11 @@
-"""Trained students from ``hessdistill-train`` checkpoints, rebuilt without running code the checkpoint names.
+"""Trained students from ``hessdistill-train`` checkpoints: files are data, rebuilt through the registry.
 
-A checkpoint holds the student's Hydra config and plugins (``hyper_parameters``) and the EMA weights (Lightning's
-weight averaging swaps them into ``state_dict``). The checkpoint file is read with ``weights_only=True`` (tensors and
-plain containers only, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says), and every ``_target_`` in its configs
-must be one of this package's student or plugin factories before anything is built.
+A checkpoint holds the student and its plugins as registry keys with plain keyword arguments
+(``hyper_parameters``; ``hessdistill.registry``) and the EMA weights (Lightning's weight averaging swaps them into
+``state_dict``). The file is read with ``weights_only=True`` (tensors and plain containers only, whatever
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says); the student is the registered class called with the recorded arguments,
+bound against its signature first. Checkpoints written before the registry name a ``_target_`` instead: one that is
+exactly a target hessdistill wrote converts to its key, any other is refused. Weights must be finite.
 """
 
 from __future__ import annotations
@@ -12,30 +14,14 @@ import pickle
 import re
 from pathlib import Path
 
-import hydra
 import torch
 
 from hessdistill.models.base import ForceField
-
-ALLOWED_TARGETS = ("hessdistill.models.", "hessdistill.training.plugins.")
+from hessdistill.registry import PLUGINS, STUDENTS, Record, RecordError
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as a hessdistill student; the message names the file."""
-
-
-def _check_targets(config, path: Path) -> None:
-    """Every ``_target_`` anywhere in ``config`` must name a hessdistill student or plugin factory."""
-    if isinstance(config, dict):
-        target = config.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
-            raise CheckpointError(f"{path}: refusing to build {target!r}: a student checkpoint may only name "
-                                  f"{', '.join(p + '*' for p in ALLOWED_TARGETS)}")
-        for value in config.values():
-            _check_targets(value, path)
-    elif isinstance(config, (list, tuple)):
-        for value in config:
-            _check_targets(value, path)
 
 
 def _unreadable(exc: Exception) -> str:
@@ -64,6 +50,9 @@ def _read(path: Path) -> tuple[dict, dict]:
     if not (isinstance(hparams, dict) and isinstance(hparams.get("student"), dict) and isinstance(state, dict)):
         raise CheckpointError(f"{path}: not a hessdistill training checkpoint: a PyTorch file without the "
                               f"hyper_parameters.student config and state_dict that hessdistill-train writes")
+    if (odd := next((name for name, value in state.items() if not torch.is_tensor(value)), None)) is not None:
+        raise CheckpointError(f"{path}: not a hessdistill training checkpoint: its state_dict entry {odd!r} is not a "
+                              f"tensor")
     return hparams, state
 
 
@@ -81,44 +70,86 @@ def weights_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.T
 def checkpoint_weights(path: str | Path) -> dict[str, float]:
     """The configured weight of each loss term of the run that wrote the checkpoint (name → λ)."""
     hparams, _ = _read(Path(path))
-    return {name: float(term.get("weight", 0.0)) for name, term in hparams.get("terms", {}).items()}
+    terms = hparams.get("terms", {})
+    if not (isinstance(terms, dict) and all(isinstance(term, dict) and type(term.get("weight", 0.0)) in (int, float)
+                                            for term in terms.values())):
+        raise CheckpointError(f"{path}: its loss terms are not term settings with numeric weights: the file was "
+                              f"edited")
+    return {name: float(term.get("weight", 0.0)) for name, term in terms.items()}
+
+
+def _records(hparams: dict, path: Path) -> tuple[Record, list[Record]]:
+    """The student's and plugins' records of a checkpoint's hyper-parameters (CheckpointError naming the file)."""
+    plugins = hparams.get("plugins", [])
+    try:
+        if not isinstance(plugins, list):
+            raise RecordError(f"its plugins are a {type(plugins).__name__}, not a list")
+        return STUDENTS.from_file(hparams["student"]), [PLUGINS.from_file(p) for p in plugins]
+    except RecordError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def non_finite(weights: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor of ``weights`` (name → tensor, in order) holding NaN or inf, described; None if none."""
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            return f"{name} holds {count} NaN or inf of its {tensor.numel()} values"
+    return None
+
+
+def _build(student: Record, plugins: list[Record], path: Path) -> ForceField:
+    """The student of ``student`` with ``plugins`` applied (no data: they recorded what they read)."""
+    try:
+        model = STUDENTS.build(student)
+        for plugin in plugins:
+            PLUGINS.build(plugin).apply(model)
+    except RecordError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 (a class refusing its recorded settings: one line naming the file)
+        raise CheckpointError(f"{path}: its student {student.key} cannot be built from the settings it records "
+                              f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})") from None
+    if not isinstance(model, ForceField):
+        raise CheckpointError(f"{path}: its student {student.key} builds a {type(model).__name__}, not a ForceField")
+    return model
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ForceField:
     """The student of a checkpoint, in eval mode, with its EMA weights, on ``device`` (in ``dtype`` if given)."""
     path = Path(path)
     hparams, state = _read(path)
-    config, plugins = hparams["student"], hparams.get("plugins", [])
-    _check_targets([config, plugins], path)
-    student = hydra.utils.instantiate(config)
-    for plugin in plugins:
-        hydra.utils.instantiate(plugin).apply(student)
+    student = _build(*_records(hparams, path), path)
     weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
     if (mismatch := weights_mismatch(student.state_dict(), weights)) is not None:
         raise CheckpointError(f"{path}: its weights do not fit the student its own config builds ({mismatch}): "
                               f"the file was edited or assembled from two runs")
+    if (bad := non_finite(weights)) is not None:
+        raise CheckpointError(f"{path}: weight {bad}: the training diverged or the file is damaged")
     student.load_state_dict(weights)
     student = student.eval()
     return student.to(device=device, dtype=dtype) if dtype is not None else student.to(device)
 
 
-def _student(config: dict, keys: list[str]) -> str:
-    """A student config as its class name, with ``(key=value, …)`` of the differing ``keys`` when the class is the
-    same (``_target_`` not among them)."""
-    name = str(config.get("_target_")).rsplit(".", 1)[-1]
-    if "_target_" in keys:
+def _student(record: Record, differ: list[str]) -> str:
+    """A student record as its class name, with ``(key=value, …)`` of the ``differ``-ing arguments when the class is
+    the same (``differ`` is ``["key"]`` when it is not)."""
+    name = STUDENTS.name(record.key)
+    if differ == ["key"]:
         return name
-    return f"{name}({', '.join(f'{k}={config.get(k)!r}' for k in keys[:4])}{', …' if len(keys) > 4 else ''})"
+    shown = ", ".join(f"{k}={record.kwargs.get(k)!r}" for k in differ[:4])
+    return f"{name}({shown}{', …' if len(differ) > 4 else ''})"
 
 
 def check_resumable(path: str | Path, module) -> None:
     """Refuse, in one line naming ``ckpt_path``, to resume ``module`` (a prepared ``DistillModule``) from a file
-    that is not a readable training checkpoint (read weights only, before Lightning reads it), or whose student or
-    loss-term weights are not the ones this run builds."""
+    that is not a readable training checkpoint (read weights only, before Lightning reads it, itself weights only),
+    whose student or loss-term weights are not the ones this run builds, or whose weights are not finite."""
     path = Path(path)
     hparams, state = _read(path)
-    theirs, ours = hparams["student"], module.hparams["student"]
-    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    theirs, _ = _records(hparams, path)
+    ours = Record(module.hparams["student"]["key"], module.hparams["student"]["kwargs"])
+    differ = ["key"] if theirs.key != ours.key else \
+        sorted(k for k in theirs.kwargs.keys() | ours.kwargs.keys() if theirs.kwargs.get(k) != ours.kwargs.get(k))
     if differ:
         raise CheckpointError(f"ckpt_path={path} was trained with student {_student(theirs, differ)}, this run's "
                               f"config builds {_student(ours, differ)}: resume with the student settings it was "
@@ -126,3 +157,5 @@ def check_resumable(path: str | Path, module) -> None:
     if (mismatch := weights_mismatch(module.state_dict(), state)) is not None:
         raise CheckpointError(f"ckpt_path={path}: its weights do not fit this run's student and loss terms "
                               f"({mismatch}): resume with the distill config it was trained with, or drop ckpt_path")
+    if (bad := non_finite(state)) is not None:
+        raise CheckpointError(f"ckpt_path={path}: weight {bad}: resume from an earlier checkpoint, or drop ckpt_path")

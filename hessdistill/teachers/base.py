@@ -54,6 +54,9 @@ class Teacher(torch.nn.Module, abc.ABC):
     name: str = "teacher"
     level_of_theory: str = "unknown"
     method: str = "autograd: batched VJP lanes (hessdistill.hessian)"
+    # the constructor argument whose value is loaded as code (a pickled model file, a class): such a teacher is built
+    # only from the user's own config, never from a record in a file (hessdistill.evaluation.run_folder)
+    code_argument: str | None = None
 
     def __init__(self) -> None:
         super().__init__()

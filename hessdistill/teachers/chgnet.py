@@ -20,6 +20,7 @@ class CHGNetTeacher(AutogradTeacher):
     """model: a CHGNet checkpoint file, or None for the weights in the chgnet wheel; name: store label."""
 
     level_of_theory = "PBE/PBE+U (MPtrj), CHGNet"
+    code_argument = "model"  # CHGNet.from_file unpickles (torch.load with weights_only=False); None: bundled weights
 
     def __init__(self, model: str | None = None, name: str = "chgnet") -> None:
         super().__init__()

@@ -39,6 +39,8 @@ class FiniteDifferenceTeacher(Teacher):
     precompute builds). max_batch: structures per model call on the ``from_teacher`` path.
     """
 
+    code_argument = "calculator"  # an ASE calculator object, which a config builds from a class name
+
     def __init__(self, calculator=None, name: str = "fd", elements: list[int] | None = None,
                  level_of_theory: str = "unknown", delta: float | None = None, dtype: str = "float64",
                  max_batch: int = 256) -> None:

@@ -51,6 +51,8 @@ def without_cuequivariance(model: torch.nn.Module) -> torch.nn.Module:
 class MACETeacher(AutogradTeacher):
     """A MACE model. model: a ``.model`` path or an already built mace-torch module; name: store label."""
 
+    code_argument = "model"  # mace-torch models are pickles (torch.load with weights_only=False)
+
     def __init__(self, model: str | torch.nn.Module, name: str = "mace", level_of_theory: str = "unknown",
                  head: str | None = None, dtype: str = "float64") -> None:
         super().__init__()

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.hessian.student_rows import resolve_student_strategy
 from hessdistill.metrics import batch_metrics
+from hessdistill.registry import PLUGINS, STUDENTS, Record, check_plain
 from hessdistill.training.predictions import predict
 from hessdistill.training.terms import Loss
 
@@ -50,26 +51,31 @@ def _plain(config) -> dict:
 
 
 class DistillModule(L.LightningModule):
-    """student: a Hydra config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained.
+    """student: a config (``_target_`` …) of a ``ForceField``, built here so checkpoints are self-contained: the
+    checkpoint records it as its registry key and plain keyword arguments (``hessdistill.registry``), which is all
+    ``load_student`` builds from.
 
-    terms: name → Hydra config of a ``LossTerm``. plugins: Hydra configs of student plugins (a2a), applied to the
-    student by ``prepare``, which a run calls once with its datamodule before training. optimizer / scheduler: Hydra
-    configs with ``_partial_: true`` (the scheduler steps on ``monitor``). row_strategy: how the student's training
-    Hessian rows are computed (``hessian.student_rows``). compile: ``torch.compile`` the student's representation
-    (``compile_student``).
+    terms: name → Hydra config of a ``LossTerm``. plugins: configs (``_target_``) of student plugins (a2a), recorded
+    like the student and applied to it by ``prepare``, which a run calls once with its datamodule before training.
+    optimizer / scheduler: Hydra configs with ``_partial_: true`` (the scheduler steps on ``monitor``); they, and the
+    terms, are in the checkpoint for the record only: nothing is built from them there. row_strategy: how the
+    student's training Hessian rows are computed (``hessian.student_rows``). compile: ``torch.compile`` the student's
+    representation (``compile_student``).
     """
 
     def __init__(self, student: DictConfig | dict, terms: DictConfig | dict, plugins: list | None = None,
                  optimizer: DictConfig | dict | None = None, scheduler: DictConfig | dict | None = None,
                  monitor: str = "val/loss_ef", row_strategy: str = "auto", compile: bool = False) -> None:
         super().__init__()
-        student, terms = _plain(student), _plain(terms)
-        plugins = [_plain(p) for p in plugins or []]
+        record, factory = STUDENTS.from_config(_plain(student))
+        self._plugins = [PLUGINS.from_config(_plain(p)) for p in plugins or []]
+        terms = _plain(terms)
         optimizer, scheduler = _plain(optimizer or DEFAULT_OPTIMIZER), _plain(scheduler or DEFAULT_SCHEDULER)
-        self.save_hyperparameters({"student": student, "terms": terms, "plugins": plugins, "optimizer": optimizer,
-                                   "scheduler": scheduler, "monitor": monitor, "row_strategy": row_strategy,
-                                   "compile": compile})
-        self.student = hydra.utils.instantiate(student)
+        self.save_hyperparameters({"student": record.as_dict(), "terms": terms,
+                                   "plugins": [plugin.as_dict() for plugin, _ in self._plugins],
+                                   "optimizer": optimizer, "scheduler": scheduler, "monitor": monitor,
+                                   "row_strategy": row_strategy, "compile": compile})
+        self.student = STUDENTS.build(record, factory)
         resolve_student_strategy(row_strategy, torch.device("cpu"), self.student.force_mode)  # a bad name fails here
         self.loss = Loss({name: hydra.utils.instantiate(term) for name, term in terms.items()})
         self.row_strategy = row_strategy
@@ -84,8 +90,10 @@ class DistillModule(L.LightningModule):
         terms' own layers (feature projections). Plugins record what they read in the hyper-parameters, so
         ``hessdistill.evaluation.checkpoint.load_student`` rebuilds the same student without the data."""
         self.student.set_energy_statistics(*datamodule.energy_statistics())
-        for k, config in enumerate(self.hparams.plugins):
-            self.hparams.plugins[k] = hydra.utils.instantiate(config).apply(self.student, datamodule)
+        for k, (record, factory) in enumerate(self._plugins):
+            applied = Record(record.key, PLUGINS.build(record, factory).apply(self.student, datamodule))
+            check_plain(applied.kwargs, f"what plugin {record.key} read from the data")  # the checkpoint keeps it
+            self.hparams.plugins[k] = applied.as_dict()
         self.loss.setup(self.student, datamodule)
 
     # ---- loss ----------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Student plugins: changes to a student that depend on the run's data, applied when the run is set up and recorded
 so that a checkpoint rebuilds the same student without the data.
 
-A plugin has ``apply(student, datamodule) -> dict``: it changes ``student`` in place and returns its own Hydra config
-with whatever it read from the data filled in (``DistillModule`` keeps that config in the checkpoint).
+A plugin has ``apply(student, datamodule) -> dict``: it changes ``student`` in place and returns its own keyword
+arguments, plain data, with whatever it read from the data filled in; ``DistillModule`` keeps them in the checkpoint
+under the plugin's registry key (``hessdistill.registry.PLUGINS``), and ``load_student`` rebuilds the plugin from them
+and applies it with no datamodule.
 """
 
 from __future__ import annotations
@@ -24,4 +26,4 @@ class TeacherEmbeddings:
             datamodule.store.element_embeddings(datamodule.labels.name)
         z, table = np.asarray(z, dtype=np.int64), np.asarray(table, dtype=np.float32)
         student.use_teacher_embeddings(torch.as_tensor(z), torch.as_tensor(table))
-        return {"_target_": f"{__name__}.{type(self).__name__}", "z": z.tolist(), "table": table.tolist()}
+        return {"z": z.tolist(), "table": table.tolist()}
