@@ -8,6 +8,7 @@ Extra arguments are passed to both training runs as Hydra overrides (e.g. traine
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -37,8 +38,17 @@ def results_table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_args(argv: list[str] | None) -> list[str]:
+    """The Hydra overrides for both training runs; ``--help`` prints this command's own help and exits."""
+    parser = argparse.ArgumentParser(prog="hessdistill-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="Hydra overrides passed to both training runs, e.g. trainer.max_epochs=20")
+    return parser.parse_args(argv).overrides
+
+
 def main(argv: list[str] | None = None) -> None:
-    overrides = list(sys.argv[1:] if argv is None else argv)
+    overrides = parse_args(sys.argv[1:] if argv is None else argv)
     _run("hessdistill.cli.precompute", "teacher=ani1x", "subset=demo_hcno")
     metrics = {}
     for distill in RUNS:

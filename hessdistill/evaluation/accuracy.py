@@ -19,12 +19,14 @@ def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_
 
     Returns ``metrics``: the metric set as means over the split (weighted per batch as validation logs them), plus
     ``structures`` and ``hessian_rows_per_structure``; and ``arrays``: per-structure energies per atom (reference,
-    student, teacher) in eV/atom and force components (reference, student, teacher) in eV/Å.
+    student, teacher) in eV/atom, atom counts ``natoms`` (M,) and element counts ``composition`` (M, E) of the E
+    elements present, and force components (reference, student, teacher) in eV/Å.
     """
     device = next(student.parameters()).device
     sums: dict[str, float] = {}
     weights: dict[str, int] = {}
-    out = {k: [] for k in ("e_ref", "e_student", "e_teacher", "f_ref", "f_student", "f_teacher")}
+    out = {k: [] for k in ("e_ref", "e_student", "e_teacher", "f_ref", "f_student", "f_teacher", "natoms",
+                           "composition")}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="accuracy", unit="batch"):
         batch = batch.to(device)
         pred = predict(student, batch, {"force_jacobian_rows"}, create_graph=False)
@@ -34,6 +36,10 @@ def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_
             sums[name] = sums.get(name, 0.0) + float(value) * count
             weights[name] = weights.get(name, 0) + count
         natoms = batch.natoms.to(pred["energy"].dtype)
+        out["natoms"].append(batch.natoms)
+        out["composition"].append(torch.zeros(batch.num_graphs, 119, dtype=torch.float64, device=device)
+                                  .index_put_((batch.batch, batch.z), torch.ones_like(batch.z, dtype=torch.float64),
+                                              accumulate=True))
         out["e_ref"].append(batch.energy / natoms)
         out["e_student"].append(pred["energy"] / natoms)
         out["f_ref"].append(batch.forces.reshape(-1))
@@ -42,6 +48,7 @@ def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_
             out["e_teacher"].append(batch.teacher_energy / natoms)
             out["f_teacher"].append(batch.teacher_forces.reshape(-1))
     arrays = {k: torch.cat(v).cpu().double().numpy() if v else None for k, v in out.items()}
+    arrays["composition"] = arrays["composition"][:, arrays["composition"].any(axis=0)]  # the elements present
     metrics = {"structures": len(dataset), **{name: sums[name] / weights[name] for name in sums}}
     if "hessian_mae" in metrics:
         metrics["hessian_rows_per_structure"] = dataset.rows

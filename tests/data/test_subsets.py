@@ -270,3 +270,21 @@ def test_scl_organics_data_file_matches_its_recipe():
         keys.add((info["molecule"], int(info["seed"]), int(info["frame"])))
         assert np.isfinite(atoms.get_forces()).all() and abs(atoms.get_forces()).max() < 20
     assert len(keys) == len(frames)  # no frame labelled twice
+
+
+def test_scl_organics_390_is_the_first_three_seeds_split_as_before():
+    """The grown set keeps its earlier 390 frames first: subset=scl_organics_390 reads exactly seeds 1–3 and splits
+    them 234/39/117 as the earlier results did; subset=scl_organics reads every frame."""
+    from conftest import compose_config
+    from hessdistill.data.sources.ase_files import read_ase
+
+    old = compose_config("train", ["subset=scl_organics_390"]).subset
+    grown = compose_config("train", ["subset=scl_organics"]).subset
+    assert old.store == "stores/scl_organics_390.h5" and grown.store == "stores/scl_organics.h5"
+    source = OmegaConf.to_container(old.source, resolve=True)
+    source.pop("_target_")
+    seeds = {int(s.info["seed"]) for s in read_ase(**source)}
+    assert seeds == {1, 2, 3}
+    assert len(list(read_ase(**source))) == 390
+    assert split_counts(390, tuple(old.split)) == (234, 39, 117)
+    assert sum(1 for _ in ase.io.iread(grown.source.path)) > 390

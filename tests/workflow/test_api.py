@@ -115,3 +115,13 @@ def test_training_leaves_a_deployed_model_with_the_checkpoints_energies(trained,
     # a deployment that fails after training is a warning, not a crashed run
     assert deploy_after_training(str(tmp_path / "missing.ckpt"), None) is None
     assert "could not deploy" in caplog.text and "checkpoint not found" in caplog.text
+
+
+def test_demo_help_prints_its_own_help_and_runs_nothing(monkeypatch, capsys):
+    from hessdistill.cli import demo
+
+    monkeypatch.setattr(demo, "_run", lambda *a: pytest.fail(f"--help ran {a}"))
+    with pytest.raises(SystemExit) as stop:
+        demo.main(["--help"])
+    assert stop.value.code == 0
+    assert "hessdistill-demo" in capsys.readouterr().out
