@@ -63,29 +63,39 @@ def library_name(path: str | Path) -> str:
     return name
 
 
-def _archive_entries(path: Path) -> dict[str, bytes]:
-    """Every entry of the archive by name, each checked against its CRC-32 (``zipfile`` raises on a mismatch)."""
+def _metadata_entries(path: Path) -> dict[str, bytes]:
+    """The archive's ``<root>/extra/*`` metadata entries by name, after every entry has been read through and checked
+    against its CRC-32 (``zipfile`` raises on a mismatch)."""
+    metadata = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            entries = {}
+            names = archive.namelist()
+            if len(set(names)) != len(names) or len({name.split("/")[0] for name in names}) != 1:
+                raise DeployedFileError(f"{path}: an archive with duplicate entries or several roots, which readers "
+                                        f"may take differently: not a file torch wrote")
             for info in archive.infolist():
+                chunks = []
                 try:
-                    entries[info.filename] = archive.read(info)
+                    with archive.open(info) as entry:
+                        while chunk := entry.read(1 << 24):
+                            if info.filename.count("/") == 2 and "/extra/" in info.filename:
+                                chunks.append(chunk)
                 except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
                     raise DeployedFileError(f"{path}: entry {info.filename} is damaged ({exc}); the file changed "
                                             f"after it was written: copy or deploy it again") from exc
+                if chunks:
+                    metadata[info.filename] = b"".join(chunks)
     except (zipfile.BadZipFile, EOFError) as exc:
         raise DeployedFileError(f"{path}: not a complete deployed model file, i.e. a zip archive ({exc}); it is "
                                 f"truncated or damaged: copy or deploy it again") from exc
-    return entries
+    return metadata
 
 
 def listed_libraries(path: Path, entries: dict[str, bytes]) -> list[tuple[str, str, str]]:
     """(list, name, path) of every shared library the file's metadata lists, in metatomic's load order."""
     found = []
     for kind in LIBRARY_LISTS:
-        raw = next((data for name, data in entries.items() if name.count("/") == 2 and name.endswith(f"/extra/{kind}")),
-                   None)
+        raw = next((data for name, data in entries.items() if name.endswith(f"/extra/{kind}")), None)
         if raw is None:
             raise DeployedFileError(f"{path}: no extra/{kind} entry: not a metatomic model file")
         try:
@@ -160,7 +170,7 @@ def load_deployed(path: str | Path, allow_extensions: Iterable[str | Path] = ())
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"deployed model not found: {path}")
-    entries = _archive_entries(path)
+    entries = _metadata_entries(path)
     mta = import_metatomic()  # metatensor's and metatomic's own libraries, from the installed packages
     for kind, library in libraries_to_load(path, listed_libraries(path, entries), allow_extensions):
         if kind == "extensions":

@@ -87,31 +87,38 @@ def test_a_listed_shared_library_is_refused_before_it_can_run(kind, deployed, ma
 ALLOWED = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {tests!r})
+    import torch
     from conftest import make_batch, rattled
     from hessdistill.integrations.deploy import DeployedModel
-    marker = {marker!r}
-    model = DeployedModel({path!r}, allow_extensions=[{allow!r}])
-    energy, _ = model.energy_forces(make_batch([rattled("CH4")], {dtype}))
-    print(os.path.exists(marker), float(energy[0]))
+    for path, allow in {cases!r}:
+        model = DeployedModel(path, allow_extensions=[allow])
+        energy, _ = model.energy_forces(make_batch([rattled("CH4")]))
+        print(os.path.exists({marker!r}), float(energy[0]))
+        os.remove({marker!r})
 """)
 
 
-@pytest.mark.parametrize("allow", ["hd_marker", "library path"])
-def test_a_library_the_user_allows_is_loaded(allow, deployed, marker_library, tmp_path):
-    """The marker library really runs when loaded (so the refusal above proves something), by name or by the path of
-    the user's own copy; the model then gives the deployed student's energy. In a fresh process: a library once
-    loaded stays loaded."""
+def test_a_library_the_user_allows_is_loaded(deployed, marker_library, tmp_path):
+    """The marker library really runs when loaded (so the refusal above proves something), allowed by name, or by
+    the path of the user's own copy (another library: one loaded stays loaded); the model then gives the deployed
+    student's energy. In a fresh process, which the libraries do not outlive."""
     marker = tmp_path / "marker"
-    hostile = listing(deployed, tmp_path / "hostile.pt", marker_library)
-    script = ALLOWED.format(tests=str(Path(__file__).parents[1]), marker=str(marker), path=str(hostile),
-                            allow="hd_marker" if allow == "hd_marker" else str(marker_library), dtype="torch.float64")
-    out = subprocess.run([sys.executable, "-c", "import torch\n" + script], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "HD_MARKER": str(marker)})
+    copy = tmp_path / "libhd_marker_copy.so"
+    shutil.copy(marker_library, copy)
+    by_name = listing(deployed, tmp_path / "by_name.pt", marker_library)
+    by_path = rewritten(by_name, tmp_path / "by_path.pt",
+                        lambda name, data: data.replace(b'"hd_marker"', b'"hd_marker_copy"')
+                        if name.endswith("/extra/extensions") else data)
+    cases = [(str(by_name), "hd_marker"), (str(by_path), str(copy))]
+    script = ALLOWED.format(tests=str(Path(__file__).parents[1]), marker=str(marker), cases=cases)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HD_MARKER": str(marker)})
     assert out.returncode == 0, out.stderr[-2000:]
-    ran, energy = out.stdout.split()[-2:]
-    assert ran == "True" and marker.read_text() == "native code ran\n"
     (expected, _) = DeployedModel(deployed).energy_forces(make_batch([rattled("CH4")]))
-    assert float(energy) == pytest.approx(float(expected[0]), rel=1e-12)
+    lines = out.stdout.split("\n")[-3:-1]
+    assert [line.split()[0] for line in lines] == ["True", "True"]
+    for line in lines:
+        assert float(line.split()[1]) == pytest.approx(float(expected[0]), rel=1e-12)
 
 
 def test_a_truncated_file_is_refused_in_one_line_naming_it(deployed, tmp_path):
@@ -157,3 +164,16 @@ def test_non_finite_weights_are_refused_naming_the_weight(deployed, tmp_path):
     torch.jit.save(scripted, str(nan), _extra_files=extra)
     with pytest.raises(DeployedFileError, match=rf"nan.pt: weight {name} has 1 non-finite value\(s\)"):
         DeployedModel(nan)
+
+
+def test_an_archive_with_a_second_metadata_entry_is_refused(deployed, tmp_path):
+    """Two entries of one name: which one a reader takes is the reader's choice, so the file is not taken at all."""
+    import warnings
+
+    doubled = tmp_path / "doubled.pt"
+    shutil.copy(deployed, doubled)
+    with warnings.catch_warnings(), zipfile.ZipFile(doubled, "a") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it is asked to write
+        archive.writestr("deployed/extra/extensions", json.dumps([{"name": "x", "sha256": "", "path": "/x.so"}]))
+    with pytest.raises(DeployedFileError, match=r"doubled.pt: an archive with duplicate entries or several roots"):
+        load_deployed(doubled)
