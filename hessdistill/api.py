@@ -104,13 +104,14 @@ def deploy(*overrides: str, config: DictConfig | None = None, **choices) -> dict
     return run(_config("deploy", config, overrides, choices))
 
 
-def deployed_calculator(path: str | Path, device: str | None = None):
+def deployed_calculator(path: str | Path, device: str | None = None, allow_extensions=()):
     """metatomic's ASE calculator of a deployed student file (energy eV, forces eV/Å, stress eV/Å³); a direct-force
     student's forces are its ``non_conservative_force`` output (net force removed, as metatomic-ase does). device: cpu,
-    cuda (None: the first the file supports that is available)."""
-    from hessdistill.integrations.deploy import import_metatomic
+    cuda (None: the first the file supports that is available). allow_extensions: names or paths of shared libraries
+    the file lists that you trust to run; a file listing any other (not already loaded) is refused."""
+    from hessdistill.integrations.deployed_file import load_deployed
 
-    model = import_metatomic().load_atomistic_model(str(path))
+    model = load_deployed(path, allow_extensions)
     direct = "non_conservative_force" in model.capabilities().outputs
     from metatomic_ase import MetatomicCalculator
 

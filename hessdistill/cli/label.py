@@ -20,10 +20,10 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-import ase.io
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from hessdistill.data.sources.ase_files import read_frames
 from hessdistill.data.store import write_structures
 from hessdistill.data.structures import Structure
 from hessdistill.integrations.ase_calculator import TorchCalculator
@@ -99,9 +99,8 @@ def md_jobs(args, done: set):
 def given_frames(path: str) -> list:
     """Frames of a structure file with their labelling keys (molecule: info 'molecule' or the file stem; seed 0;
     frame: the index in the file)."""
-    frames = ase.io.read(path, index=":")
     out = []
-    for k, atoms in enumerate(frames):
+    for k, atoms in read_frames(path):
         atoms = atoms.copy()  # drops any attached calculator and its labels
         out.append(((str(atoms.info.get("molecule", Path(path).stem)), 0, k), atoms))
     return out

@@ -19,6 +19,7 @@ from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
 from hessdistill.devices import resolve_device, shard_device
+from hessdistill.hessian.footprint import check_teacher_hessians
 from hessdistill.teacher_step.run import precompute_teacher
 from hessdistill.teacher_step.shards import merge_shards, open_shard, parse_shard, shard_indices
 
@@ -33,6 +34,10 @@ def run(cfg: DictConfig) -> dict:
         log.info("merged %d structures of teacher %s from %d shards into %s", merged, cfg.teacher.name,
                  cfg.merge_shards, store.path)
         return {"merged": merged, **_compress(store.path, cfg.storage)}
+    if cfg.memory_check:  # before the teacher loads: refused now, not by the OOM killer at the largest structure
+        shard = shard_indices(len(store), *parse_shard(cfg.shard)) if cfg.shard else None
+        check_teacher_hessians(store.n_atoms(), shard, cfg.storage.rows if cfg.storage.layout == "rows" else None,
+                               str(store.path), cfg.memory_warn_gib)
     indices, target, device = None, store, resolve_device(cfg.device)
     if cfg.shard:
         i, n = parse_shard(cfg.shard)

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> dict:
     student = load_student(cfg.checkpoint, resolve_device(cfg.device))
-    frames = predict_file(student, cfg.input, cfg.output, cfg.batch_size)
+    frames = predict_file(student, cfg.input, cfg.output, cfg.batch_size,
+                          cfg.memory_warn_gib if cfg.memory_check else None)
     log.info("%d frames of %s predicted with %s into %s", frames, cfg.input, cfg.checkpoint, cfg.output)
     return {"frames": frames, "output": str(cfg.output)}
 

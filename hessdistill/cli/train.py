@@ -41,6 +41,7 @@ from hessdistill.data.subset import build_store
 from hessdistill.evaluation.checkpoint import check_resumable
 from hessdistill.evaluation.run_folder import RUN_CONFIG
 from hessdistill.training.checkpoint_io import ReplacingCheckpointIO
+from hessdistill.training.memory_check import check_training_memory
 from hessdistill.training.module import DistillModule
 from hessdistill.training.terms import Loss
 
@@ -75,8 +76,15 @@ def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    """Raise ValueError naming the key unless every loss weight ``weights.<term>`` (λ) is a finite number ≥ 0 and
-    ``rows`` an integer ≥ 0: found before Hydra builds the terms, whose error would name only the term's class."""
+    """Raise ValueError naming the key unless every loss weight ``weights.<term>`` (λ) is a finite number ≥ 0,
+    ``rows`` an integer ≥ 0 and the batch sizes integers ≥ 1: found before Hydra builds the terms and the datamodule,
+    whose errors would name only the class."""
+    raw = OmegaConf.to_container(cfg.datamodule, resolve=False)
+    for field in ("batch_size", "eval_batch_size"):  # named as the user sets it: subset.batch_size, usually
+        key = raw[field][2:-1] if str(raw[field]).startswith("${") else f"datamodule.{field}"
+        value = cfg.datamodule[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: expected an integer ≥ 1 (structures per batch), e.g. {key}=8")
     for key, value in [*((f"weights.{name}", v) for name, v in cfg.weights.items()), ("rows", cfg.rows)]:
         whole = key == "rows"
         number = isinstance(value, int) if whole else isinstance(value, (int, float)) and math.isfinite(value)
@@ -188,6 +196,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=make_callbacks(cfg, output_dir),
                                       plugins=trainer_plugins(cfg.trainer), default_root_dir=output_dir,
                                       inference_mode=False)
+    if cfg.memory_check:  # refused now, not by the kernel's OOM killer mid-epoch
+        check_training_memory(module, dm, trainer.strategy.root_device, cfg.memory_warn_gib)
     if main_process:
         write_run_info(Path(output_dir))
         OmegaConf.save(cfg, Path(output_dir) / RUN_CONFIG, resolve=True)

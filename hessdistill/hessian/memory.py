@@ -89,6 +89,11 @@ class SavedTensorBytes(torch.autograd.graph.saved_tensors_hooks):
     def nbytes(self) -> int:
         return sum(self._storages.values())
 
+    def bytes_besides(self, storages: set[int]) -> int:
+        """``nbytes`` without the storages whose ``data_ptr`` is in ``storages`` (a model's weights, which exist
+        whether or not a graph saves them)."""
+        return sum(n for ptr, n in self._storages.items() if ptr not in storages)
+
 
 class LaneChunker:
     """Lanes per VJP chunk within ``budget_bytes``, starting from an estimate of bytes per lane.

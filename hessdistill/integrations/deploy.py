@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from hessdistill.data.graph import batch_radius_graph, radius_graph
+from hessdistill.integrations.deployed_file import import_metatomic, load_deployed
 
 DEPLOYED_NAME = "deployed.pt"  # the deployed model's file name in a training run directory
-
-
-def import_metatomic():
-    """Import ``metatomic.torch`` (and ``metatensor.torch``). metatensor's operations compile TorchScript at import,
-    which fails once torch_geometric has replaced ``torch.index_select`` by a Python wrapper (its HashTensor
-    support), so they are imported with the original in place."""
-    import sys
-
-    patched = torch.index_select
-    torch.index_select = getattr(sys.modules.get("torch_geometric.hash_tensor"), "_old_index_select", patched)
-    try:
-        import metatensor.torch  # noqa: F401
-        import metatomic.torch
-    finally:
-        torch.index_select = patched
-    return metatomic.torch
 
 
 class DeployError(ValueError):
@@ -172,14 +158,13 @@ class DeployedModel(nn.Module):
     ``TorchCalculator``, the torch-sim adapter and the evaluation suite accept it): the radius graph by this
     package's vesin code (batched), the file's own ``atom_outputs`` for the rest.
 
-    device: where it runs (a device type the file was deployed for)."""
+    device: where it runs (a device type the file was deployed for). allow_extensions: shared libraries the file
+    lists that you trust (``deployed_file.load_deployed``); a file listing any other is refused."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu",
+                 allow_extensions: Iterable[str | Path] = ()) -> None:
         super().__init__()
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"deployed model not found: {path}")
-        self.model = import_metatomic().load_atomistic_model(str(path)).to(device)
+        self.model = load_deployed(path, allow_extensions).to(device)
         capabilities = self.model.capabilities()
         self.cutoff = capabilities.interaction_range
         self.species = list(capabilities.atomic_types)

@@ -110,6 +110,11 @@ class Loss(nn.Module):
         super().__init__()
         if not terms:
             raise ValueError("a loss needs at least one term")
+        for name, term in terms.items():
+            if term.prediction == "force_jacobian_rows" and term.weight > 0 and term.rows < 1:
+                raise ValueError(f"loss term {name!r} compares Hessian rows but samples rows={term.rows} per "
+                                 f"structure: set rows to 1 or more (e.g. rows=4), or switch the term off "
+                                 f"(weights.{name}=0, or distill=undistilled)")
         self.terms = nn.ModuleDict(terms)
         self.initial_weights = {name: term.weight for name, term in terms.items()}
 

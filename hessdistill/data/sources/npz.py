@@ -5,6 +5,7 @@ largest is a few hundred MB)."""
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,15 @@ def read_npz(path: str | Path, energy_unit: float = kcal / mol, length_unit: flo
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
     energy_unit, length_unit = unit_factors(path, energy_unit, length_unit)
-    with np.load(path) as data:
+    try:
+        archive = np.load(path, allow_pickle=False)  # never: a pickle in a data file would be code
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        what = "a pickle, which is never loaded (unpickling runs code from the file)" if "pickle" in str(exc) else \
+            f"unreadable ({exc})"
+        raise InvalidStructureError(f"{path}: not an npz archive of numeric arrays: {what}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InvalidStructureError(f"{path}: a single .npy array, not an npz archive of named arrays")
+    with archive as data:
         names = next((k for k in KEYS.values() if k[0] in data and k[1] in data), None)
         if names is None:
             raise InvalidStructureError(f"{path}: neither MD17/MD22 keys (z, R, E, F) nor rMD17 keys (nuclear_charges, "
@@ -34,12 +43,28 @@ def read_npz(path: str | Path, energy_unit: float = kcal / mol, length_unit: flo
         z_key, r_key, e_key, f_key = names
         if require_labels and (e_key not in data or f_key not in data):
             raise InvalidStructureError(f"{path}: missing {e_key!r} or {f_key!r}")
-        z = np.asarray(data[z_key]).astype(np.int64).reshape(-1)
-        positions = np.asarray(data[r_key], dtype=np.float64) * length_unit
+        z = numeric(path, data, z_key, np.int64).reshape(-1)
+        positions = numeric(path, data, r_key) * length_unit
         energies = forces = None
         if e_key in data and f_key in data:
-            energies = np.asarray(data[e_key], dtype=np.float64).reshape(-1) * energy_unit
-            forces = np.asarray(data[f_key], dtype=np.float64) * (energy_unit / length_unit)
+            energies = numeric(path, data, e_key).reshape(-1) * energy_unit
+            forces = numeric(path, data, f_key) * (energy_unit / length_unit)
     structures, _ = conformer_structures(str(path), z, positions, energies, forces, {"molecule": path.stem},
                                          (r_key, e_key, f_key), require_labels)
     return iter(structures)
+
+
+def numeric(path: Path, data, key: str, dtype=np.float64) -> np.ndarray:
+    """Array ``key`` of an open npz as ``dtype``; InvalidStructureError naming the file and key for an object array
+    (pickled Python objects, never loaded), a damaged member or values that are not numbers."""
+    try:
+        array = data[key]
+    except ValueError as exc:  # numpy refuses object arrays when allow_pickle is off
+        raise InvalidStructureError(f"{path}: array {key!r} holds Python objects (an object array, which would need "
+                                    f"unpickling, i.e. running code from the file); save it as a numeric array") \
+            from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidStructureError(f"{path}: array {key!r} cannot be read ({exc}); the file is damaged") from exc
+    if array.dtype.kind not in "biuf":
+        raise InvalidStructureError(f"{path}: array {key!r} has dtype {array.dtype}, not numbers")
+    return array.astype(dtype)
