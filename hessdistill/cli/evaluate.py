@@ -50,8 +50,9 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def with_training_run(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the teacher, subset, split file and checkpoint of the training run ``cfg.run`` (a run directory),
-    where ``cfg`` does not name its own checkpoint or split file."""
+    """``cfg`` with the teacher, subset, split file and checkpoint of the training run ``cfg.run`` (a run directory:
+    the checkpoint its test metrics are of, ``test_ckpt``), where ``cfg`` does not name its own checkpoint or split
+    file."""
     if cfg.run is None:
         if cfg.checkpoint is None:
             raise ValueError("hessdistill-evaluate needs checkpoint=<file> or run=<training run directory>")
@@ -64,7 +65,7 @@ def with_training_run(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.teacher, cfg.subset = trained.teacher, trained.subset
         cfg.split_file = cfg.split_file or str(run_dir / "splits.json")
-        cfg.checkpoint = cfg.checkpoint or str(run_dir / "checkpoints" / "last.ckpt")
+        cfg.checkpoint = cfg.checkpoint or str(run_dir / "checkpoints" / f"{trained.get('test_ckpt', 'last')}.ckpt")
     return cfg
 
 
