@@ -57,6 +57,23 @@ def hessian_kd_loss(student_rows: Tensor, teacher_rows: Tensor, batch: Tensor, n
     raise ValueError(f"unknown Hessian-KD norm {norm!r}; choose 'squared' or 'l2_per_atom'")
 
 
+def hessian_hvp_loss(student_products: Tensor, teacher_products: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+    """Hessian distillation by k random probes per structure (``hessian.probes``), scaled like the rows term.
+
+    student_products: (k, Ntot, 3) J v = (∂F̂/∂r) v of the student; teacher_products: (k, Ntot, 3) H v of the
+    teacher, eV/Å², for probes v with E[v vᵀ] = I. The residual is (H + J) v, and the term is
+
+        mean_i (1 / (k · 3N_i)) Σ_m ‖(H_i + J_i) v_m‖²,  (eV/Å²)²,
+
+    whose expectation over the probes is mean_i ‖H_i + J_i‖²_F / (3N_i): exactly the expectation of the rows term
+    (``hessian_kd_loss``, norm "squared": (1/s) Σ_j ‖row_j‖² over s uniform rows of 3N), so λ_KD means the same for
+    both; only the variance differs.
+    """
+    per_atom = ((teacher_products + student_products) ** 2).sum(-1).mean(0)  # (Ntot,): (1/k) Σ_m, 3 entries each
+    coordinates = 3 * per_structure_sum(torch.ones_like(per_atom), batch, num_graphs)  # 3N_i
+    return (per_structure_sum(per_atom, batch, num_graphs) / coordinates).mean()
+
+
 def node_feature_loss(student_projected: Tensor, teacher_features: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """n2n baseline: mean_i of the mean over structure i's atoms of ‖h_T − P h_S‖²; features (Ntot, F_t)."""
     per_atom = ((student_projected - teacher_features) ** 2).sum(-1)

@@ -55,10 +55,10 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def with_training_run(cfg: DictConfig) -> tuple[DictConfig, RunTeacher | None]:
-    """``cfg`` with the subset, split file and checkpoint of the training run ``cfg.run`` (a run directory), where
-    ``cfg`` does not name its own checkpoint or split file, and the run's teacher, read as data
-    (``evaluation.run_folder``): None when there is no run, or when its teacher loads code and ``cfg.teacher`` (the
-    user's own config, of the same kind) builds it instead."""
+    """``cfg`` with the subset, split file and checkpoint of the training run ``cfg.run`` (a run directory: the
+    checkpoint its test metrics are of, ``test_ckpt``), where ``cfg`` does not name its own checkpoint or split file,
+    and the run's teacher, read as data (``evaluation.run_folder``): None when there is no run, or when its teacher
+    loads code and ``cfg.teacher`` (the user's own config, of the same kind) builds it instead."""
     if cfg.run is None:
         if cfg.checkpoint is None:
             raise ValueError("hessdistill-evaluate needs checkpoint=<file> or run=<training run directory>")

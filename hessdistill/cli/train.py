@@ -8,11 +8,12 @@ callbacks and trainer are all Hydra ``_target_`` objects; this command only wire
 run reads follows from what its loss terms declare (``training.terms``), from the store or, with
 ``teacher_mode=online``, from the teacher during training.
 
-Writes ``metrics.json`` (test metrics of the EMA weights, student and teacher), ``splits.json`` (the exact
+Writes ``metrics.json`` (test metrics of the EMA weights of ``test_ckpt``: the last checkpoint's, or with
+``stopping=early`` the best one's; student and teacher), ``splits.json`` (the exact
 split; point ``subset.split_file`` at it to reuse it), ``run_info.json`` (git commit, package versions) and
 ``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory, and,
-from ``checkpoints/last.ckpt``, ``deployed.pt``: the student as a metatomic model file for ASE, LAMMPS and
-torch-sim (``deploy.enabled``; ``hessdistill-deploy``).
+from the tested checkpoint (``checkpoints/last.ckpt`` or ``best.ckpt``), ``deployed.pt``: the student as a metatomic
+model file for ASE, LAMMPS and torch-sim (``deploy.enabled``; ``hessdistill-deploy``).
 Checkpoints are written to a side file and renamed into place (a full disk never leaves a truncated one) and record
 the student as its registry key and plain arguments (``hessdistill.registry``).
 ``ckpt_path=…/last.ckpt`` resumes a run where it stopped (weights, optimiser, EMA, λ_KD halvings; shuffles and rows
@@ -30,6 +31,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,8 +40,8 @@ from hessdistill.config import CONFIG_DIR
 from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
-from hessdistill.evaluation.checkpoint import check_resumable
-from hessdistill.evaluation.run_folder import RUN_CONFIG
+from hessdistill.evaluation.checkpoint import check_resumable, load_student
+from hessdistill.evaluation.run_folder import RUN_CONFIG, TEST_CHECKPOINTS
 from hessdistill.training.checkpoint_io import ReplacingCheckpointIO
 from hessdistill.training.memory_check import check_training_memory
 from hessdistill.training.module import DistillModule
@@ -77,19 +79,21 @@ def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
 
 def check_numbers(cfg: DictConfig) -> None:
     """Raise ValueError naming the key unless every loss weight ``weights.<term>`` (λ) is a finite number ≥ 0,
-    ``rows`` an integer ≥ 0 and the batch sizes integers ≥ 1: found before Hydra builds the terms and the datamodule,
-    whose errors would name only the class."""
+    ``rows`` and ``probes`` integers ≥ 0 and the batch sizes integers ≥ 1: found before Hydra builds the terms and the
+    datamodule, whose errors would name only the class."""
     raw = OmegaConf.to_container(cfg.datamodule, resolve=False)
     for field in ("batch_size", "eval_batch_size"):  # named as the user sets it: subset.batch_size, usually
         key = raw[field][2:-1] if str(raw[field]).startswith("${") else f"datamodule.{field}"
         value = cfg.datamodule[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{key}={value!r}: expected an integer ≥ 1 (structures per batch), e.g. {key}=8")
-    for key, value in [*((f"weights.{name}", v) for name, v in cfg.weights.items()), ("rows", cfg.rows)]:
-        whole = key == "rows"
+    counts = {"rows": "Hessian rows per structure", "probes": "probe vectors per structure"}
+    for key, value in [*((f"weights.{name}", v) for name, v in cfg.weights.items()),
+                       *((key, cfg.get(key, 0)) for key in counts)]:
+        whole = key in counts
         number = isinstance(value, int) if whole else isinstance(value, (int, float)) and math.isfinite(value)
         if isinstance(value, bool) or not number or value < 0:
-            what = "an integer ≥ 0 (Hessian rows per structure)" if whole else "a finite number ≥ 0 (a loss weight λ)"
+            what = f"an integer ≥ 0 ({counts[key]})" if whole else "a finite number ≥ 0 (a loss weight λ)"
             raise ValueError(f"{key}={value!r}: expected {what}, e.g. {key}={4 if whole else 100}")
 
 
@@ -157,8 +161,26 @@ def instantiate_logger(config: DictConfig, output_dir: str):
         raise
 
 
+def best_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint:
+    """The checkpoint callback that keeps the lowest validation loss (the first ``ModelCheckpoint`` with a
+    ``monitor``: ``callbacks.best``); ValueError in one line when the run has none (``test_ckpt=best``)."""
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor is not None:
+            return callback
+    raise ValueError("test_ckpt=best needs a ModelCheckpoint with a monitor among the callbacks (callbacks.best)")
+
+
+def use_best_weights(module: DistillModule, callback: ModelCheckpoint) -> str:
+    """Put the EMA weights of the best checkpoint ``callback`` wrote into ``module``'s student; returns its path."""
+    path = callback.best_model_path
+    if not path:
+        raise ValueError(f"test_ckpt=best: no best checkpoint was written (no validation logged {callback.monitor})")
+    module.student.load_state_dict(load_student(path).state_dict())
+    return path
+
+
 def deploy_after_training(checkpoint: str, dtype: str | None) -> str | None:
-    """Deploy the run's last checkpoint into its directory; returns the file, or None after logging a warning (a
+    """Deploy the run's tested checkpoint into its directory; returns the file, or None after logging a warning (a
     trained student is never lost to a failed deployment: ``hessdistill-deploy checkpoint=…`` can retry)."""
     from hessdistill.cli.deploy import deploy_checkpoint
 
@@ -173,12 +195,15 @@ def deploy_after_training(checkpoint: str, dtype: str | None) -> str | None:
 def run(cfg: DictConfig, output_dir: str) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     check_numbers(cfg)
+    test_ckpt = cfg.get("test_ckpt", "last")
+    if test_ckpt not in TEST_CHECKPOINTS:
+        raise ValueError(f"test_ckpt={test_ckpt!r}: choose one of {', '.join(TEST_CHECKPOINTS)}")
     build_store(cfg.subset)
     module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
                            optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy,
                            compile=cfg.compile)
     labels = label_source(cfg, module.loss)
-    dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows)
+    dm = hydra.utils.instantiate(cfg.datamodule, labels=labels, rows=module.loss.rows, probes=module.loss.probes)
     for path in [*augmented(cfg, dm), *cfg.get("added_stores", [])]:  # after the split: only training structures
         dm.add_training_store(path, cfg.teacher_energy)
     empty = [name for name in ("train", "val") if len(dm.splits[name]) == 0]
@@ -192,8 +217,10 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, module)
     loggers = [instantiate_logger(c, output_dir) for c in cfg.logger]
+    callbacks = make_callbacks(cfg, output_dir)
+    best = best_checkpoint(callbacks) if test_ckpt == "best" else None
     # validation and test need forces and Hessian rows (autograd), which inference mode forbids
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=make_callbacks(cfg, output_dir),
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers, callbacks=callbacks,
                                       plugins=trainer_plugins(cfg.trainer), default_root_dir=output_dir,
                                       inference_mode=False)
     if cfg.memory_check:  # refused now, not by the kernel's OOM killer mid-epoch
@@ -203,9 +230,12 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
         OmegaConf.save(cfg, Path(output_dir) / RUN_CONFIG, resolve=True)
     # weights only: a resumed checkpoint is data (check_resumable read it so first; this holds if it was swapped since)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    checkpoint = str(Path(output_dir) / "checkpoints" / "last.ckpt")
+    if best is not None:  # after fit the module holds the last EMA weights
+        checkpoint = use_best_weights(module, best)
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
-              "epochs": trainer.current_epoch, "run_dir": str(output_dir),
-              "checkpoint": str(Path(output_dir) / "checkpoints" / "last.ckpt"),
+              "epochs": trainer.current_epoch, "run_dir": str(output_dir), "test_ckpt": test_ckpt,
+              "checkpoint": checkpoint,
               "final_weights": {name: module.loss.weight(name) for name in module.loss.terms}}
     if cfg.test:
         (test,) = trainer.test(module, datamodule=dm, verbose=False)

@@ -25,6 +25,7 @@ from hessdistill.data.labels import StoredLabels, TeacherLabels
 from hessdistill.data.splits import read_split_file, split_indices, write_split_file
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_set import StoreSet, open_stores
+from hessdistill.hessian.probes import PROBE_DISTRIBUTIONS, draw_probes, probe_generator
 from hessdistill.hessian.row_sampling import UNIFORM, UniformRows, make_row_sampler
 from hessdistill.hessian.rows import mixed_seed, rows_generator
 
@@ -91,15 +92,18 @@ class StoreDataset(Dataset):
     first_id: the id of the store's structure 0 in the run (``idx`` and the row seed are first_id + i: 0 for the
     subset store, after it for an added store); provenance: origin, energy weight and shift put on each item
     (runs with added stores; None: none).
+    probes: random probe vectors per structure with their teacher products H v (``hessian.probes``; 0: none), drawn
+    from ``probe_distribution`` by the probes' seed rule (``probe_generator``) with ``rows_seed``.
     """
 
     def __init__(self, store: HessianStore | StoreSet, indices: np.ndarray, labels: TeacherLabels | None, rows: int,
                  cutoff: float, max_neighbors: int | None = None, dtype: torch.dtype = torch.float32,
                  rows_seed: int = 0, sampler: UniformRows = UNIFORM, first_id: int = 0,
-                 provenance: Provenance | None = None) -> None:
+                 provenance: Provenance | None = None, probes: int = 0, probe_distribution: str = "rademacher") -> None:
         self.store, self.indices, self.labels, self.rows = store, np.asarray(indices), labels, rows
         self.cutoff, self.max_neighbors, self.dtype = cutoff, max_neighbors, dtype
         self.rows_seed, self.sampler, self.first_id, self.provenance = rows_seed, sampler, first_id, provenance
+        self.probes, self.probe_distribution = probes, probe_distribution
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -117,6 +121,10 @@ class StoreDataset(Dataset):
         if self.labels is not None:
             self.labels.label_item(data, self.store, i, self.rows,
                                    rows_generator(self.first_id + i, self.rows_seed, epoch), self.sampler)
+            if self.probes:
+                probes = draw_probes(data.num_nodes, self.probes, self.probe_distribution,
+                                     probe_generator(self.first_id + i, self.rows_seed, epoch))
+                self.labels.label_probes(data, self.store, i, probes)
         return data
 
 
@@ -149,8 +157,10 @@ class StoreDataModule(L.LightningDataModule):
     seed: the training order and Hessian rows are drawn from it per epoch (``EpochSampler``), reproducibly.
     rank_local: with several stores under DDP, each rank trains on the structures of its own stores only
     (``EpochSampler``'s parts: rank r of w takes stores r, r+w, …).
-    row_sampling, row_floor: how training rows are drawn (``hessian.row_sampling``: uniform, teacher_norm, residual;
-    the floor of uniform probability mixed into the importance samplers).
+    row_sampling, row_floor: how training rows are drawn (``hessian.row_sampling``: uniform, teacher_norm, residual,
+    worst_rows; the floor of uniform probability mixed into the importance samplers, the random share of worst_rows).
+    probes, probe_distribution: random probe vectors per training structure and their distribution (rademacher,
+    gaussian), with the teacher's H v (``hessian.probes``; stored full Hessians only).
     """
 
     def __init__(self, store: str | list[str], labels: TeacherLabels | None = None, rows: int = 1, batch_size: int = 8,
@@ -158,7 +168,8 @@ class StoreDataModule(L.LightningDataModule):
                  cutoff: float = 5.0, max_neighbors: int | None = None, num_workers: int = 0, eval_rows: int = 4,
                  dtype: str = "float32", split_by: str | None = None,
                  split_file: str | None = None, seed: int = 0, rank_local: bool = False,
-                 row_sampling: str = "uniform", row_floor: float = 0.2) -> None:
+                 row_sampling: str = "uniform", row_floor: float = 0.2, probes: int = 0,
+                 probe_distribution: str = "rademacher") -> None:
         super().__init__()
         self.store_path, self.labels, self.rows = store, labels, rows
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -174,6 +185,11 @@ class StoreDataModule(L.LightningDataModule):
                              "; an online teacher computes only the drawn rows (use residual or uniform)")
         self.row_sampling, self.row_floor = row_sampling, row_floor
         self.row_sampler = make_row_sampler(row_sampling, row_floor, self._widths)
+        if probe_distribution not in PROBE_DISTRIBUTIONS:
+            raise ValueError(f"unknown probe_distribution {probe_distribution!r}; choose one of {PROBE_DISTRIBUTIONS}")
+        self.probes, self.probe_distribution = probes, probe_distribution
+        if probes and labels is not None:
+            labels.check_probes(self.store)
 
     def _make_splits(self, split_file: str | None) -> dict[str, np.ndarray]:
         self.fingerprint = self.store.fingerprint()  # reads every position once; reused by write_split_file
@@ -202,6 +218,8 @@ class StoreDataModule(L.LightningDataModule):
         provenance = added_provenance(store, self.store, self.fingerprint, self.splits["train"], teacher_energy)
         if isinstance(self.labels, StoredLabels):
             store.require_complete(self.labels.name)
+        if self.probes and self.labels is not None:
+            self.labels.check_probes(store)
         self.added.append((store, provenance))
         self.row_sampler = make_row_sampler(self.row_sampling, self.row_floor, self._widths)
 
@@ -218,7 +236,8 @@ class StoreDataModule(L.LightningDataModule):
         return StoreDataset(self.store, self.splits[name], self.labels, self.rows if training else self.eval_rows,
                             self.cutoff, self.max_neighbors, self.dtype,
                             rows_seed=self.seed if training else self.split_seed,
-                            sampler=self.row_sampler if training else UNIFORM)
+                            sampler=self.row_sampler if training else UNIFORM, probes=self.probes if training else 0,
+                            probe_distribution=self.probe_distribution)
 
     def _joined_training_set(self) -> JoinedDataset:
         parts, first = [], 0
@@ -226,7 +245,8 @@ class StoreDataModule(L.LightningDataModule):
             indices = self.splits["train"] if store is self.store else np.arange(len(store))
             parts.append(StoreDataset(store, indices, self.labels, self.rows, self.cutoff, self.max_neighbors,
                                       self.dtype, rows_seed=self.seed, sampler=self.row_sampler, first_id=first,
-                                      provenance=provenance))
+                                      provenance=provenance, probes=self.probes,
+                                      probe_distribution=self.probe_distribution))
             first += len(store)
         return JoinedDataset(parts)
 

@@ -2,9 +2,9 @@
 
 A structure becomes a ``StructureData`` (``Structure.to_data``); the datamodule and the label sources add fields;
 PyG collates items into a batch. Shapes are per batch: B structures, Ntot atoms, E edges, s sampled Hessian rows
-per structure, F_t teacher feature width. Hessian rows use the one lane layout (s, Ntot, 3) of
-``hessdistill.hessian`` from collate to loss: an item holds its rows as (s, N, 3) and they are concatenated along
-the atom axis (``StructureData.__cat_dim__``), so nothing downstream permutes them.
+per structure, k probe vectors per structure, F_t teacher feature width. Hessian rows (and probes) use the one lane
+layout (s, Ntot, 3) of ``hessdistill.hessian`` from collate to loss: an item holds its rows as (s, N, 3) and they
+are concatenated along the atom axis (``StructureData.__cat_dim__``), so nothing downstream permutes them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ STRUCTURE_ID = "idx"
 EDGE_INDEX, EDGE_SHIFT = "edge_index", "edge_shift"
 TEACHER_ENERGY, TEACHER_FORCES, TEACHER_NODE_FEATURES = "teacher_energy", "teacher_forces", "teacher_node_features"
 SAMPLED_ROWS, TEACHER_ROWS = "sampled_rows", "teacher_rows"
+PROBE_VECTORS, TEACHER_HVP = "probe_vectors", "teacher_hvp"
 ORIGIN, ENERGY_WEIGHT, ROW_WEIGHTS = "origin", "energy_weight", "row_weights"
 
 # where a structure comes from (the ``origin`` field, and info["origin"] of an added store's structures)
@@ -49,6 +50,9 @@ FIELDS: dict[str, Field] = {
     TEACHER_NODE_FEATURES: Field("(Ntot, F_t)", "", "teacher final-layer node features (n2n baseline)"),
     SAMPLED_ROWS: Field("(B, s) int64", "", "each structure's sampled Hessian rows j = 3·atom + axis"),
     TEACHER_ROWS: Field("(s, Ntot, 3)", "eV/Å²", "teacher Hessian rows H_j of the sampled rows, as lanes"),
+    PROBE_VECTORS: Field("(k, Ntot, 3)", "", "each structure's k random probe vectors v (entries of mean 0, variance "
+                                           "1), as lanes (Hessian-vector-product KD)"),
+    TEACHER_HVP: Field("(k, Ntot, 3)", "eV/Å²", "teacher Hessian-vector products H v of the probe vectors, as lanes"),
     ORIGIN: Field("(B,) int64", "", "ORIGINS[k]: the subset's own structure (0) or a teacher-labelled one added to "
                                     "training (runs with added stores only)"),
     ENERGY_WEIGHT: Field("(B,)", "", "weight of each structure's energy terms (0: forces only; runs with added "
@@ -60,7 +64,7 @@ FIELDS: dict[str, Field] = {
 TARGET_WEIGHTS = {ENERGY: ENERGY_WEIGHT, TEACHER_ROWS: ROW_WEIGHTS}
 # PyG's own fields of a collated batch: ``batch`` (Ntot,) structure of each atom, ``ptr`` (B+1,) atom offsets.
 
-LANE_FIELDS = frozenset({TEACHER_ROWS})  # concatenated along the atom axis (dim 1), not dim 0
+LANE_FIELDS = frozenset({TEACHER_ROWS, PROBE_VECTORS, TEACHER_HVP})  # joined along the atom axis (dim 1), not dim 0
 
 
 class StructureData(Data):

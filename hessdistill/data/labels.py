@@ -4,7 +4,9 @@ or a frozen teacher computing them during training (``OnlineLabels``).
 A label source works in two places: ``label_item`` adds fields to one structure's item as the dataset reads it (in a
 DataLoader worker), and ``label_batch`` to a collated batch once it is on the training device. Either way a batch
 leaves the datamodule with the schema's teacher fields (``hessdistill.data.keys``): teacher_energy (B,) eV,
-teacher_forces (Ntot, 3) eV/Å and, when rows are sampled, sampled_rows (B, s) and teacher_rows (s, Ntot, 3) eV/Å².
+teacher_forces (Ntot, 3) eV/Å and, when rows are sampled, sampled_rows (B, s) and teacher_rows (s, Ntot, 3) eV/Å²;
+with probes (Hessian-vector-product KD, stored labels only), probe_vectors (k, Ntot, 3) and teacher_hvp (k, Ntot, 3)
+eV/Å².
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import abc
 import torch
 
 from hessdistill.data.keys import (
+    PROBE_VECTORS,
     SAMPLED_ROWS,
     TEACHER_ENERGY,
     TEACHER_FORCES,
+    TEACHER_HVP,
     TEACHER_NODE_FEATURES,
     TEACHER_ROWS,
     StructureData,
 )
 from hessdistill.data.store import HessianStore
+from hessdistill.hessian.probes import hessian_vector_products
 from hessdistill.hessian.row_sampling import UNIFORM, UniformRows
 from hessdistill.hessian.rows import RowStrategy
 
@@ -43,6 +48,17 @@ class TeacherLabels(abc.ABC):
         """The collated batch on its device, with whatever this source computes per batch added."""
         return batch
 
+    def check_probes(self, store) -> None:
+        """Raise ValueError, in one line, unless this source can give ``store``'s structures H v for any probe v
+        (Hessian-vector-product KD)."""
+        raise ValueError(f"Hessian-vector-product KD (probes) needs the teacher's full Hessians from a store "
+                         f"(teacher_mode=precomputed); the {type(self).__name__} of {self.name} computes only rows")
+
+    def label_probes(self, data: StructureData, store: HessianStore, i: int, probes: torch.Tensor) -> None:
+        """Add the probe vectors (k, N, 3) of structure ``i`` of ``store`` and the teacher's H v of them to ``data``
+        (sources that pass ``check_probes``)."""
+        self.check_probes(store)
+
 
 class StoredLabels(TeacherLabels):
     """The store's labels of teacher ``name``: energy, forces, s rows sampled from the rows the store holds (all 3N,
@@ -50,8 +66,8 @@ class StoredLabels(TeacherLabels):
 
     def __init__(self, name: str, node_features: bool = False) -> None:
         self.name, self.node_features = name, node_features
-        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS}
-                                  | ({TEACHER_NODE_FEATURES} if node_features else set()))
+        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS, PROBE_VECTORS,
+                                   TEACHER_HVP} | ({TEACHER_NODE_FEATURES} if node_features else set()))
 
     def label_item(self, data, store, i, rows, generator, sampler=UNIFORM) -> None:
         energy, forces = store.teacher_labels(self.name, i)
@@ -71,6 +87,19 @@ class StoredLabels(TeacherLabels):
             data.teacher_rows = torch.as_tensor(h, dtype=data.pos.dtype).view(rows, -1, 3)
             if weights is not None:
                 data.row_weights = weights.to(data.pos.dtype).unsqueeze(0)
+
+    def check_probes(self, store) -> None:
+        """Hessian-vector products need every row of every Hessian: refused for a store (or any store of a set) that
+        holds k rows per structure (layout "rows")."""
+        for part in getattr(store, "stores", [store]):
+            if part.teacher_group(self.name).attrs["hessian_layout"] == "rows":
+                raise ValueError(f"{part.path}: teacher {self.name} stores k Hessian rows per structure (layout "
+                                 f"'rows'); Hessian-vector-product KD needs full Hessians (layout full or upper)")
+
+    def label_probes(self, data, store, i, probes) -> None:
+        h = store.hessian(self.name, i)  # (3N, 3N): one read of the structure's block
+        data.probe_vectors = probes.to(data.pos.dtype)
+        data.teacher_hvp = hessian_vector_products(h, probes).to(data.pos.dtype)
 
 
 class OnlineLabels(TeacherLabels):

@@ -4,13 +4,17 @@ Stability: a run fails at the first step where any bond's length deviates by mor
 the paper's criterion after Fu et al. 2022) from its equilibrium length. Bonds are the atom pairs closer than
 ``bond_scale`` × the sum of covalent radii in the starting structure; equilibrium lengths are their mean lengths
 over the training structures of the same molecule (``info["molecule"]``), or the starting lengths otherwise.
-NVE drift is the slope of a straight-line fit of the total energy per atom against time, eV/atom/ps.
+NVE drift is the slope of a straight-line fit of the total energy per atom against time, eV/atom/ps (× 1000 for the
+paper's eV/atom/ns). A conservative model (F = −∇U) drifts only by the integrator's error; a direct-force model's
+forces are not the gradient of its energy, so the energy it reports is not conserved. ``model`` is a force field
+(wrapped in ``TorchCalculator``) or any ASE calculator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from ase import units
+from ase.calculators.calculator import Calculator
 from ase.data import covalent_radii
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -18,6 +22,13 @@ from ase.md.verlet import VelocityVerlet
 from tqdm import tqdm
 
 from hessdistill.integrations.ase_calculator import TorchCalculator
+
+PS_PER_NS = 1000.0
+
+
+def as_calculator(model) -> Calculator:
+    """An ASE calculator as it is; a force field (``models.base.ForceField``) through ``TorchCalculator``."""
+    return model if isinstance(model, Calculator) else TorchCalculator(model)
 
 
 def bonds_of(atoms, bond_scale: float = 1.2) -> np.ndarray:
@@ -55,7 +66,7 @@ def nvt_stability(atoms, model, equilibrium: np.ndarray | None = None, bonds: np
 
     Returns time_to_failure_ps (None if stable), simulated_ps, and the trace (times ps, max deviation Å)."""
     atoms = atoms.copy()
-    atoms.calc = TorchCalculator(model)
+    atoms.calc = as_calculator(model)
     bonds = bonds_of(atoms) if bonds is None else bonds
     equilibrium = bond_lengths(atoms.positions, bonds) if equilibrium is None else equilibrium
     rng = np.random.default_rng(seed)
@@ -84,9 +95,11 @@ def energy_drift(times_ps: np.ndarray, energy_per_atom: np.ndarray) -> float:
 
 def nve_drift(atoms, model, steps: int = 1000, temperature_K: float = 300.0, timestep_fs: float = 1.0,
               seed: int = 0, record_every: int = 10) -> dict:
-    """Velocity Verlet from Maxwell–Boltzmann velocities; returns drift_eV_per_atom_per_ps and the energy trace."""
+    """Velocity Verlet from Maxwell–Boltzmann velocities; returns drift_eV_per_atom_per_ps, the largest deviation of
+    the total energy from its start (max_energy_deviation_eV_per_atom) and the energy trace (eV/atom, every
+    ``record_every`` steps)."""
     atoms = atoms.copy()
-    atoms.calc = TorchCalculator(model)
+    atoms.calc = as_calculator(model)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
     dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
     n = len(atoms)
@@ -95,8 +108,9 @@ def nve_drift(atoms, model, steps: int = 1000, temperature_K: float = 300.0, tim
         dyn.run(record_every)
         times.append(step * timestep_fs * 1e-3)
         energies.append(atoms.get_total_energy() / n)
-    return {"drift_eV_per_atom_per_ps": energy_drift(np.array(times), np.array(energies)), "times_ps": times,
-            "total_energy_eV_per_atom": energies}
+    return {"drift_eV_per_atom_per_ps": energy_drift(np.array(times), np.array(energies)),
+            "max_energy_deviation_eV_per_atom": float(np.abs(np.array(energies) - energies[0]).max()),
+            "times_ps": times, "total_energy_eV_per_atom": energies}
 
 
 def md_report(structures, models: dict, training: list, steps: int, nve_steps: int, temperature_K: float = 300.0,

@@ -21,6 +21,7 @@ import yaml
 from hessdistill.registry import TEACHERS, Record, RecordError, check_plain
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, in its directory (written by hessdistill-train)
+TEST_CHECKPOINTS = ("last", "best")  # test_ckpt: the checkpoint whose EMA weights a run tests and deploys
 MAX_BYTES = 4 * 2**20  # a run's config is a few kB; a larger one is not what hessdistill-train writes
 MAX_NESTING = 3  # teachers wrapping teachers (finite differences of a model)
 SUBSET_FIELDS = ("name", "store", "split", "split_seed", "split_by", "split_file", "batch_size", "eval_batch_size")
@@ -53,7 +54,7 @@ class RunTeacher:
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """What evaluation takes from a run folder: the subset's data settings, the split file, the last checkpoint and
+    """What evaluation takes from a run folder: the subset's data settings, the split file, the tested checkpoint and
     the teacher (None: the user's own teacher config builds it, the run's teacher loading code)."""
 
     subset: dict
@@ -70,8 +71,17 @@ def training_run(run_dir: Path, user_teacher: str | None) -> TrainingRun:
     teacher = run_teacher(config.get("teacher"), path)
     if teacher.code is not None:
         teacher_from_user(teacher, user_teacher, path)
-    return TrainingRun(run_subset(config, path), run_dir / "splits.json", run_dir / "checkpoints" / "last.ckpt",
+    return TrainingRun(run_subset(config, path), run_dir / "splits.json",
+                       run_dir / "checkpoints" / f"{tested_checkpoint(config, path)}.ckpt",
                        None if teacher.code is not None else teacher)
+
+
+def tested_checkpoint(config: dict, path: Path) -> str:
+    """Which checkpoint the run's test metrics are of (``test_ckpt``: last or best; last before it existed)."""
+    name = config.get("test_ckpt", "last")
+    if name not in TEST_CHECKPOINTS:
+        raise RunFolderError(f"{path}: test_ckpt is {name!r}, not one of {TEST_CHECKPOINTS}")
+    return name
 
 
 def read_run_config(run_dir: Path) -> dict:

@@ -76,17 +76,26 @@ def lane_offsets(pos: Tensor, lanes: Tensor, step: float) -> Tensor:
     (negative: backwards), in the dtype of pos (Ntot, 3) Å and exactly representable: offset = fl(r + h) − r, so
     r + offset is exactly the displaced coordinate and the step actually taken is the offset itself (in float32 a
     nominal 1e-4 Å at r ≈ 5 Å would otherwise be off by up to 0.5 %). lanes: (s, Ntot, 3) one-hot
-    (``hessian.rows.row_lanes``)."""
+    (``hessian.rows.row_lanes``), or probe vectors v, each coordinate moved by ≈ h·v_c (its own rounding left in: a
+    relative error of ~ulp(r)/h, 1e-3 in float32 at the default step, below the one-sided truncation error)."""
     base = pos.detach()
     return (base + step * lanes) - base
 
 
-def lane_steps(offsets: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+def lane_steps(offsets: Tensor, batch: Tensor, num_graphs: int, lanes: Tensor | None = None) -> Tensor:
     """The step each structure takes in each lane, broadcast to its atoms: offsets (s, Ntot, 3) from ``lane_offsets``,
     batch (Ntot,) structure index → (s, Ntot, 1) float64 Å (1 for a structure without a row in that lane, whose
-    force differences are then exactly zero)."""
+    force differences are then exactly zero).
+
+    lanes: the directions v (s, Ntot, 3) of the offsets when they are not one-hot (probe vectors): the step is then
+    the least-squares h of offset ≈ h·v in each structure, Σ d·v / Σ v·v (for a one-hot lane, the one offset)."""
+    along = offsets.double().sum(-1) if lanes is None else (offsets.double() * lanes.double()).sum(-1)
     per_structure = offsets.new_zeros(offsets.shape[0], num_graphs, dtype=torch.float64)
-    per_structure.index_add_(1, batch, offsets.double().sum(-1))
+    per_structure.index_add_(1, batch, along)
+    if lanes is not None:
+        norms = offsets.new_zeros(offsets.shape[0], num_graphs, dtype=torch.float64)
+        norms.index_add_(1, batch, lanes.double().square().sum(-1))
+        per_structure = per_structure / torch.where(norms == 0, torch.ones_like(norms), norms)
     per_structure = torch.where(per_structure == 0, torch.ones_like(per_structure), per_structure)
     return per_structure[:, batch, None]
 

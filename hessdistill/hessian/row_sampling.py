@@ -15,6 +15,12 @@ q_j with a uniform floor, p_j = (1 − floor)·q_j/Σq + floor/n, so every row k
   rows not seen yet score as the structure's largest seen residual (all rows alike before any is seen). The buffer
   sits in shared memory, so DataLoader workers see the training process's updates; it is saved with the datamodule's
   state in checkpoints. Under DDP each rank learns from its own batches.
+
+``worst_rows`` (the authors' later MLFF-distill code) is not an importance sampler: it takes the 3 rows of the
+atoms with the largest current force error ‖F − F̂‖ (a per-atom buffer like the residual one, fed by
+``training.feedback.ForceErrorFeedback``), each of the s slots replaced by a uniformly drawn row with probability
+``floor`` so that every row can be drawn. It is greedy and biased on purpose — the KD term concentrates on the atoms
+the student gets most wrong rather than estimating the uniform term — and its rows carry no weights.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ from torch import Tensor
 
 from hessdistill.hessian.rows import sample_rows
 
-ROW_SAMPLINGS = ("uniform", "teacher_norm", "residual")
+ROW_SAMPLINGS = ("uniform", "teacher_norm", "residual", "worst_rows")
 Draw = tuple[Tensor, Tensor | None]  # rows (s,) int64, and their weights (s,) or None (uniform)
 
 
 class UniformRows:
     """s distinct rows, uniformly (``sample_rows``): no weights."""
 
-    learns = False
+    learns = False  # fed the rows' residual norms (training.callbacks.RowResidualFeedback)
+    learns_force_errors = False  # fed each atom's force error (training.feedback.ForceErrorFeedback)
 
     def draw(self, key: int, available: Tensor, s: int, generator: torch.Generator, where: str,
              teacher_norms: Callable[[], Tensor]) -> Draw:
@@ -109,13 +116,58 @@ class ResidualRows(UniformRows):
         return {"residual_rows": self.buffer.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a buffer; one saved with fewer structures (a run whose training set has grown since, e.g. by
-        on-policy rounds, which add structures after the others) fills the first ones."""
-        saved = state["residual_rows"]
-        if len(saved) > len(self.buffer):
-            raise ValueError(f"the checkpoint's row-residual buffer covers {len(saved)} rows, this run's structures "
-                             f"only {len(self.buffer)}: it was saved for other data")
-        self.buffer[: len(saved)] = saved
+        _restore(self.buffer, state["residual_rows"], "row-residual buffer", "rows")
+
+
+class WorstRows(UniformRows):
+    """The rows of the atoms with the largest last-seen force error, greedily, with a random share (no weights).
+
+    Greedy order of a structure's ``available`` rows: by their atom's error, largest first, ties (an atom's 3 rows,
+    and a structure not seen yet, whose rows are then all tied) in random order. Each of the s slots is, with
+    probability ``floor``, a row drawn uniformly from those the greedy slots left; the others take the greedy order's
+    first rows. Rows are distinct. widths: (K,) rows 3N_k of every structure k of the run; the buffer holds Σ_k N_k
+    float32 force errors ‖F − F̂‖ in eV/Å (NaN: not seen yet).
+    """
+
+    learns_force_errors = True
+
+    def __init__(self, floor: float, widths: np.ndarray) -> None:
+        self.floor = _check_floor(floor)
+        self.offsets = np.concatenate([[0], np.cumsum(np.asarray(widths) // 3)]).astype(np.int64)
+        self.buffer = torch.full((int(self.offsets[-1]),), float("nan")).share_memory_()
+
+    def draw(self, key, available, s, generator, where, teacher_norms) -> Draw:
+        if s < 1 or len(available) < s:
+            return sample_rows(available, s, generator, where), None  # its one-line error
+        errors = self.buffer[int(self.offsets[key]) + available // 3].double().nan_to_num(-1.0)  # unseen: last
+        shuffled = torch.randperm(len(available), generator=generator)
+        greedy = shuffled[torch.argsort(errors[shuffled], descending=True, stable=True)]
+        n_random = int((torch.rand(s, generator=generator, dtype=torch.float64) < self.floor).sum())
+        rest = greedy[s - n_random:]
+        chosen = torch.cat([greedy[: s - n_random], rest[torch.randperm(len(rest), generator=generator)[:n_random]]])
+        return available[chosen], None
+
+    def update_force_errors(self, keys: Tensor, errors: Tensor, batch: Tensor, ptr: Tensor) -> None:
+        """Record the force errors (Ntot,) eV/Å of every atom of a batch of structures ``keys`` (B,); batch (Ntot,)
+        and ptr (B+1,) as in PyG."""
+        batch, ptr = batch.cpu(), ptr.cpu()
+        flat = torch.as_tensor(self.offsets)[keys.cpu()][batch] + torch.arange(len(batch)) - ptr[batch]
+        self.buffer[flat] = errors.detach().float().cpu()
+
+    def state_dict(self) -> dict:
+        return {"atom_force_errors": self.buffer.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _restore(self.buffer, state["atom_force_errors"], "force-error buffer", "atoms")
+
+
+def _restore(buffer: Tensor, saved: Tensor, what: str, unit: str) -> None:
+    """Restore a sampler's buffer; one saved with fewer structures (a run whose training set has grown since, e.g. by
+    on-policy rounds, which add structures after the others) fills the first ones."""
+    if len(saved) > len(buffer):
+        raise ValueError(f"the checkpoint's {what} covers {len(saved)} {unit}, this run's structures only "
+                         f"{len(buffer)}: it was saved for other data")
+    buffer[: len(saved)] = saved
 
 
 def _check_floor(floor: float) -> float:
@@ -135,4 +187,6 @@ def make_row_sampler(name: str, floor: float, widths: Callable[[], np.ndarray]) 
         return TeacherNormRows(floor)
     if name == "residual":
         return ResidualRows(floor, widths())
+    if name == "worst_rows":
+        return WorstRows(floor, widths())
     raise ValueError(f"unknown row_sampling {name!r}; choose one of {ROW_SAMPLINGS}")

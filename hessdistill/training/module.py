@@ -83,6 +83,7 @@ class DistillModule(L.LightningModule):
             self.row_strategy = compile_student(self.student, row_strategy,
                                                 "energy_gradient_forces" in self.loss.predictions)
         self.last_rows = None  # the last training step's student rows (s, Ntot, 3), detached (RowResidualFeedback)
+        self.last_forces = None  # and its forces (Ntot, 3) eV/Å, detached (training.feedback.ForceErrorFeedback)
 
     def prepare(self, datamodule) -> None:
         """Fit what depends on the data, once, before training (and before a checkpoint is restored into the module):
@@ -113,6 +114,7 @@ class DistillModule(L.LightningModule):
             self.log(f"train/weight_{name}", self.loss.weight(name), batch_size=n)
         rows = pred.get("force_jacobian_rows")
         self.last_rows = None if rows is None else rows.detach()  # for callbacks that learn from them
+        self.last_forces = pred["forces"].detach()
         return loss
 
     # ---- evaluation ----------------------------------------------------------------------------------

@@ -1,7 +1,13 @@
 """What a student predicts for a batch, computed only as far as asked: energy, forces and node features from its
-forward, and on request the energy gradient of a direct-force student and its force-Jacobian rows at the batch's
-sampled rows, by the run's row strategy while training (``hessian.student_rows``) and by exact VJPs otherwise.
-Shared by training, validation and evaluation."""
+forward, and on request the energy gradient of a direct-force student, its force-Jacobian rows at the batch's
+sampled rows and its force-Jacobian–vector products J v with the batch's probe vectors (``hessian.probes``), by the
+run's row strategy while training (``hessian.student_rows``) and by exact reverse mode otherwise.
+Shared by training, validation and evaluation.
+
+Rows and probes are both lanes (L, Ntot, 3): one-hot lanes for rows, the probes themselves for probes. Forward mode
+and finite differences give J·lane for every lane at once (a direct student's rows are then columns, as documented in
+``hessian.student_rows``); reverse mode gives rows by VJPs and probe products J v by ``probes.jacobian_vector_products``
+(one VJP when J is symmetric, the double-VJP trick otherwise), so probe products are J v whatever the strategy."""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from torch import Tensor
 
 from hessdistill.hessian.finite_difference import finite_difference_lanes, lane_offsets, lane_steps
 from hessdistill.hessian.forward_mode import jvp_lanes
-from hessdistill.hessian.rows import force_jacobian_rows, row_lanes
+from hessdistill.hessian.probes import jacobian_vector_products
+from hessdistill.hessian.rows import force_jacobian_rows, resolve_strategy, row_lanes
 from hessdistill.hessian.student_rows import StudentRowStrategy, fd_step, resolve_student_strategy
 
 log = logging.getLogger(__name__)
@@ -23,20 +30,27 @@ JVP_TRUSTED: dict[tuple[str, str], str | None] = {}  # (representation, force mo
 def predict(student, batch, wanted: frozenset[str] | set[str], create_graph: bool,
             strategy: StudentRowStrategy = "auto") -> dict[str, Tensor]:
     """energy (B,) eV, forces (Ntot, 3) eV/Å, node_features (Ntot, F_s), pos (Ntot, 3) (the leaf they depend on) and,
-    if ``wanted``, energy_gradient_forces −∇Û (Ntot, 3) eV/Å and force_jacobian_rows (s, Ntot, 3) eV/Å² at
-    ``batch.sampled_rows`` (skipped when the batch has none). create_graph: keep every prediction differentiable
-    w.r.t. the student's parameters (training, whose rows follow ``strategy``); otherwise they are computed without a
-    graph beyond what rows need, and rows are exact VJPs whatever the strategy."""
+    if ``wanted``, energy_gradient_forces −∇Û (Ntot, 3) eV/Å, force_jacobian_rows (s, Ntot, 3) eV/Å² at
+    ``batch.sampled_rows`` and force_jacobian_probes (k, Ntot, 3) eV/Å², J v of ``batch.probe_vectors`` (each skipped
+    when the batch has none). create_graph: keep every prediction differentiable w.r.t. the student's parameters
+    (training, whose rows and products follow ``strategy``); otherwise they are computed without a graph beyond what
+    they need, rows are exact VJPs and products exact J v whatever the strategy."""
     rows = "force_jacobian_rows" in wanted and hasattr(batch, "sampled_rows")
+    probes = "force_jacobian_probes" in wanted and hasattr(batch, "probe_vectors")
+    conservative = student.force_mode == "conservative"
     with torch.enable_grad():
-        if rows and create_graph:
+        if (rows or probes) and create_graph:
             strategy = resolve_student_strategy(strategy, batch.pos.device, student.force_mode)
-            out = _with_rows(student, batch, strategy, "energy_gradient_forces" in wanted)
+            out = _with_lanes(student, batch, strategy, "energy_gradient_forces" in wanted, rows, probes)
         else:
-            out = student(batch, create_graph=create_graph or (rows and student.force_mode == "conservative"))
+            out = student(batch, create_graph=create_graph or ((rows or probes) and conservative))
             if rows:
                 out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows,
                                                                  batch.ptr, create_graph=False)
+            if probes:
+                out["force_jacobian_probes"] = jacobian_vector_products(
+                    out["forces"], out["pos"], batch.probe_vectors.to(out["pos"].dtype), False,
+                    resolve_strategy("auto", batch.pos.device), conservative)
         if "energy_gradient_forces" in wanted:
             (grad,) = torch.autograd.grad(out["energy"].sum(), out["pos"], create_graph=create_graph,
                                           retain_graph=True)
@@ -44,14 +58,15 @@ def predict(student, batch, wanted: frozenset[str] | set[str], create_graph: boo
     return out if create_graph else {k: v.detach() for k, v in out.items()}
 
 
-def _with_rows(student, batch, strategy: str, energy_gradient: bool) -> dict[str, Tensor]:
-    """Training predictions with differentiable rows by ``strategy`` (resolved); ``energy_gradient``: the energy
-    gradient is wanted too."""
+def _with_lanes(student, batch, strategy: str, energy_gradient: bool, rows: bool, probes: bool) -> dict[str, Tensor]:
+    """Training predictions with differentiable rows and/or probe products by ``strategy`` (resolved);
+    ``energy_gradient``: the energy gradient is wanted too."""
     if strategy in ("fd", "fd_central"):
-        return _finite_difference_rows(student, batch, strategy, separate=energy_gradient)
+        lanes = _lanes(batch, rows, probes)
+        return _split(_finite_difference_lanes(student, batch, lanes, strategy, energy_gradient), batch, rows, probes)
     if strategy == "jvp":
         try:
-            return _forward_mode_rows(student, batch)
+            return _split(_forward_mode_lanes(student, batch, _lanes(batch, rows, probes)), batch, rows, probes)
         except (NotImplementedError, RuntimeError) as exc:  # an op without a usable forward-mode rule: never silently
             JVP_FALLBACKS["count"] += 1
             (log.warning if JVP_FALLBACKS["count"] == 1 else log.debug)(
@@ -59,18 +74,40 @@ def _with_rows(student, batch, strategy: str, energy_gradient: bool) -> dict[str
                 _kind(student), str(exc).splitlines()[0][:200], JVP_FALLBACKS["count"])
             strategy = "loop"
     out = student(batch, create_graph=True)
-    out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows, batch.ptr,
-                                                     create_graph=True, strategy=strategy)
+    if rows:
+        out["force_jacobian_rows"] = force_jacobian_rows(out["forces"], out["pos"], batch.sampled_rows, batch.ptr,
+                                                         create_graph=True, strategy=strategy)
+    if probes:
+        out["force_jacobian_probes"] = jacobian_vector_products(
+            out["forces"], out["pos"], batch.probe_vectors.to(out["pos"].dtype), True, strategy,
+            student.force_mode == "conservative")
     return out
 
 
-def _finite_difference_rows(student, batch, strategy: str, separate: bool) -> dict[str, Tensor]:
-    """The batch's displaced copies (s forward, and s backward for ``fd_central``), run in one forward with the
-    batch itself, or after it when ``separate``: a term on the energy gradient differentiates the batch's energy
-    twice, and inside one forward with the copies that double backward would run through all of them."""
+def _lanes(batch, rows: bool, probes: bool) -> Tensor:
+    """The lanes a step differentiates along: the rows' one-hot lanes (s, Ntot, 3), then the probes (k, Ntot, 3)."""
+    parts = [row_lanes(batch.sampled_rows, batch.ptr, dtype=batch.pos.dtype)] if rows else []
+    return torch.cat(parts + ([batch.probe_vectors.to(batch.pos.dtype)] if probes else []))
+
+
+def _split(out: dict[str, Tensor], batch, rows: bool, probes: bool) -> dict[str, Tensor]:
+    """``out["lanes"]`` (J·lane of ``_lanes``) as force_jacobian_rows and force_jacobian_probes."""
+    products = out.pop("lanes")
+    n_rows = batch.sampled_rows.shape[1] if rows else 0
+    if rows:
+        out["force_jacobian_rows"] = products[:n_rows]
+    if probes:
+        out["force_jacobian_probes"] = products[n_rows:]
+    return out
+
+
+def _finite_difference_lanes(student, batch, lanes: Tensor, strategy: str, separate: bool) -> dict[str, Tensor]:
+    """J·lane for every lane (L, Ntot, 3) from displaced copies of the batch (L forward, and L backward for
+    ``fd_central``), run in one forward with the batch itself, or after it when ``separate``: a term on the energy
+    gradient differentiates the batch's energy twice, and inside one forward with the copies that double backward
+    would run through all of them."""
     batch = student.ensure_graph(batch)
     pos = batch.pos.detach().requires_grad_(True)
-    lanes = row_lanes(batch.sampled_rows, batch.ptr, dtype=pos.dtype)
     step = fd_step(pos.dtype, strategy)
     offsets = [lane_offsets(pos, lanes, step)]
     if strategy == "fd_central":
@@ -83,24 +120,23 @@ def _finite_difference_rows(student, batch, strategy: str, separate: bool) -> di
                                                      batch, create_graph=True)
         forces, displaced = forces[:1], forces[1:]
     s = lanes.shape[0]
-    forward_steps = lane_steps(offsets[0], batch.batch, batch.num_graphs)
+    forward_steps = lane_steps(offsets[0], batch.batch, batch.num_graphs, lanes)
     if strategy == "fd":
         jacobian = finite_difference_lanes(displaced, forward_steps, forces)
     else:
         jacobian = finite_difference_lanes(displaced[:s], forward_steps, displaced[s:],
-                                           lane_steps(offsets[1], batch.batch, batch.num_graphs))
-    return {"energy": energy[0], "forces": forces[0], "pos": pos, "node_features": scalars[0],
-            "force_jacobian_rows": jacobian}
+                                           lane_steps(offsets[1], batch.batch, batch.num_graphs, lanes))
+    return {"energy": energy[0], "forces": forces[0], "pos": pos, "node_features": scalars[0], "lanes": jacobian}
 
 
-def _forward_mode_rows(student, batch) -> dict[str, Tensor]:
-    """One dual forward per row (``hessian.forward_mode``); the first one's primal outputs are the batch's."""
+def _forward_mode_lanes(student, batch, lanes: Tensor) -> dict[str, Tensor]:
+    """J·lane for every lane (L, Ntot, 3) by one dual forward each (``hessian.forward_mode``); the first one's primal
+    outputs are the batch's."""
     kind = _kind(student)
     if JVP_TRUSTED.get(kind) is not None:
         raise RuntimeError(JVP_TRUSTED[kind])
     batch = student.ensure_graph(batch)
     pos = batch.pos.detach().requires_grad_(True)
-    lanes = row_lanes(batch.sampled_rows, batch.ptr, dtype=pos.dtype)
 
     def outputs(p: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         energy, forces, features = student.outputs(p, batch, create_graph=True)
@@ -113,7 +149,7 @@ def _forward_mode_rows(student, batch) -> dict[str, Tensor]:
                                                 torch.cat([jacobian, again]))
         if JVP_TRUSTED[kind] is not None:
             raise RuntimeError(JVP_TRUSTED[kind])
-    return {"energy": energy, "forces": forces, "pos": pos, "node_features": scalars, "force_jacobian_rows": jacobian}
+    return {"energy": energy, "forces": forces, "pos": pos, "node_features": scalars, "lanes": jacobian}
 
 
 def _forward_mode_fault(student, pos: Tensor, forces: Tensor, lanes: Tensor, tangents: Tensor) -> str | None:

@@ -2,7 +2,8 @@
 prediction (``PREDICTIONS``) and one batch field (``hessdistill.data.keys``).
 
 The training step sums a run's terms (``Loss``); which teacher labels the run reads follows from the batch fields
-its terms declare (``Loss.targets``) and how many Hessian rows they sample (``Loss.rows``); schedules such as the
+its terms declare (``Loss.targets``) and how many Hessian rows and probe vectors they sample (``Loss.rows``,
+``Loss.probes``); schedules such as the
 λ_KD halving change weights through ``Loss.set_weight``. A distill config (``conf/distill/*.yaml``) is a dict of
 terms, e.g.::
 
@@ -26,9 +27,11 @@ from hessdistill.data.keys import FIELDS, TARGET_WEIGHTS
 log = logging.getLogger(__name__)
 
 # what a term can compare: the student's energy (B,) eV, forces (Ntot, 3) eV/Å, final atom scalars (Ntot, F_s),
-# −∇Û (Ntot, 3) eV/Å (a direct-force student's energy gradient) and force-Jacobian rows ∂F̂_j/∂r (s, Ntot, 3) eV/Å²
-# at the batch's sampled rows (see ``training.predictions``)
-PREDICTIONS = ("energy", "forces", "node_features", "energy_gradient_forces", "force_jacobian_rows")
+# −∇Û (Ntot, 3) eV/Å (a direct-force student's energy gradient), force-Jacobian rows ∂F̂_j/∂r (s, Ntot, 3) eV/Å²
+# at the batch's sampled rows and force-Jacobian–vector products (∂F̂/∂r) v (k, Ntot, 3) eV/Å² of its probe vectors
+# (see ``training.predictions``)
+PREDICTIONS = ("energy", "forces", "node_features", "energy_gradient_forces", "force_jacobian_rows",
+               "force_jacobian_probes")
 
 
 class LossTerm(nn.Module):
@@ -36,11 +39,13 @@ class LossTerm(nn.Module):
 
     loss: the name of a function in ``hessdistill.losses``: (prediction, target[, batch, num_graphs], **options)
     → scalar; per-atom losses take the batch's structure index (Ntot,) and B. rows: Hessian rows per structure the
-    term needs sampled (0: none). options: further keyword arguments of the loss (e.g. the Hessian-KD ``norm``).
+    term needs sampled (0: none); probes: random probe vectors per structure it needs (0: none; each costs about
+    what a row costs: one Jacobian–vector product). options: further keyword arguments of the loss (e.g. the
+    Hessian-KD ``norm``).
     """
 
     def __init__(self, loss: str, prediction: str, target: str, weight: float = 1.0, rows: int = 0,
-                 **options) -> None:
+                 probes: int = 0, **options) -> None:
         super().__init__()
         if not hasattr(losses, loss):
             raise ValueError(f"unknown loss {loss!r}: not a function of hessdistill.losses")
@@ -51,7 +56,7 @@ class LossTerm(nn.Module):
         if not isinstance(weight, (int, float)) or weight < 0:
             raise ValueError(f"loss weight must be a number >= 0, got {weight!r}")
         self.loss_name, self.prediction, self.target = loss, prediction, target
-        self.weight, self.rows, self.options = float(weight), int(rows), dict(options)
+        self.weight, self.rows, self.probes, self.options = float(weight), int(rows), int(probes), dict(options)
         parameters = inspect.signature(getattr(losses, loss)).parameters
         self._per_atom, self._weighted = "batch" in parameters, "weight" in parameters
 
@@ -127,6 +132,11 @@ class Loss(nn.Module):
     def rows(self) -> int:
         """Hessian rows per structure the terms need sampled."""
         return max((t.rows for t in self.active()), default=0)
+
+    @property
+    def probes(self) -> int:
+        """Random probe vectors per structure the terms need (Hessian-vector-product KD)."""
+        return max((t.probes for t in self.active()), default=0)
 
     @property
     def predictions(self) -> frozenset[str]:
