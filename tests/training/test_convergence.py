@@ -152,7 +152,7 @@ def test_early_stopping_stops_and_tests_the_best_checkpoint(labelled_store, tmp_
     assert abs(mae["best"] - mae["last"]) > 1e-3 * mae["last"]  # the check below tells them apart
     assert result["test"]["test/force_mae"] == pytest.approx(mae["best"], rel=1e-5)
     assert json.loads((out / "metrics.json").read_text())["checkpoint"].endswith("best.ckpt")
-    evaluate = with_training_run(compose_config("evaluate", [f"run={out}"]))
+    evaluate, _ = with_training_run(compose_config("evaluate", [f"run={out}"]))
     assert evaluate.checkpoint == str(out / "checkpoints" / "best.ckpt")
     with pytest.raises(ValueError, match="test_ckpt='middle': choose one of last, best"):
         run(compose_config("train", ["experiment=demo", f"subset.store={labelled_store}", "test_ckpt=middle"]),
