@@ -34,15 +34,24 @@ TINY = ["experiment=demo", "trainer.max_epochs=1", "subset.batch_size=8", "stude
         "student.num_layers=2", "student.num_rbf=8", "student.cutoff=4.0"]
 
 
-def random_store(path, names=("H2O", "NH3", "CH4", "CH3OH", "HCOOH", "CH3CH2OH"), teacher: str | None = "first"):
-    """A store of rattled molecules with random reference labels and (``teacher``) complete random teacher labels,
-    whose last write seals the teacher's content digest."""
+MOLECULES = ("H2O", "NH3", "CH4", "CH3OH", "HCOOH", "CH3CH2OH")
+
+
+def random_structures(names=MOLECULES) -> list[Structure]:
+    """Rattled molecules with random reference labels (eV, eV/Å)."""
     rng, structures = np.random.default_rng(0), []
     for k, name in enumerate(names):
         s = Structure.from_atoms(rattled(name, seed=k), source=f"made[{k}]")
         s.energy, s.forces = float(rng.normal(-100.0, 5.0)), rng.normal(size=(s.n_atoms, 3))
         structures.append(s)
-    write_structures(path, structures)
+    return structures
+
+
+def random_store(path, names=MOLECULES, teacher: str | None = "first"):
+    """A store of ``random_structures`` and (``teacher``) complete random teacher labels, whose last write seals the
+    teacher's content digest."""
+    rng = np.random.default_rng(1)
+    write_structures(path, random_structures(names))
     if teacher is not None:
         with HessianStore(path, mode="a") as store:
             store.create_teacher(teacher, {"teacher": teacher})
@@ -362,6 +371,47 @@ def test_two_writers_holding_a_store_open_keep_each_others_teachers(tmp_path, mo
         assert store.hessian("a", 5).min() == 1.0 and store.hessian("b", 5).max() == 0.0
         assert [store.teacher_labels("b", i)[0] for i in range(len(store))] == list(range(len(store)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no lock or side file left
+
+
+def test_a_store_made_meanwhile_by_another_process_is_not_replaced(tmp_path, monkeypatch):
+    """Two precomputes of one new subset: the one that builds the store second neither renames its copy over the
+    first one's store (labels and all) nor fails: it uses that store."""
+    import ase.io
+    from omegaconf import OmegaConf
+
+    from hessdistill.data import subset
+
+    path, theirs, structures = tmp_path / "s.h5", random_store(tmp_path / "theirs.h5"), random_structures()
+
+    def stream():
+        yield from structures[:3]
+        shutil.copy(theirs, path)  # the other process renames its store into place meanwhile
+        yield from structures[3:]
+
+    with pytest.raises(FileExistsError, match=f"{path} was made by another process meanwhile"):
+        write_structures(path, stream(), chunk_size=2)
+    assert path.read_bytes() == theirs.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5", "theirs.h5"]
+
+    path.unlink()
+    ase.io.write(tmp_path / "frames.extxyz", [s.to_atoms() for s in structures])
+    config = OmegaConf.create({"name": "frames", "store": str(path), "select": [],
+                               "source": {"_target_": "hessdistill.data.sources.ase_files.read_ase",
+                                          "path": str(tmp_path / "frames.extxyz")}})
+    real = subset.write_structures
+
+    def racing(target, kept, **kwargs):  # the same subset, built and labelled by another process meanwhile
+        kept = list(kept)
+        real(tmp_path / "other.h5", kept, **kwargs)
+        with HessianStore(tmp_path / "other.h5", mode="a") as other:
+            other.create_teacher("other", {})
+        os.replace(tmp_path / "other.h5", target)
+        return real(target, kept, **kwargs)
+
+    monkeypatch.setattr(subset, "write_structures", racing)
+    assert subset.build_store(config) == path
+    with HessianStore(path) as store:
+        assert store.teachers() == ["other"] and len(store) == len(structures)
 
 
 CONCURRENT = """
