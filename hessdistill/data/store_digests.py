@@ -11,7 +11,7 @@ seals it); a seal that matches nothing means a damaged digest or changed dataset
 
 Cost: writing reads the group once (the teacher step reads back what it wrote: O(labels)); an open checks the
 seal (reads the B digests: 8 bytes per MiB of labels) and ``SAMPLED`` + 2 blocks of each dataset (its first, its
-last and ``SAMPLED`` drawn at random on each open: at most 4 MiB per dataset, ≈ 30 MiB per group however large
+last and ``SAMPLED`` drawn at random on each open: at most 4 MiB per dataset, ≤ 36 MiB per group however large
 the store); a dataset of one block (up to 1 MiB: e.g. the Hessians of a few hundred small molecules) is checked
 whole on every open. ``verify(..., sample=False)`` checks every block (``HessianStore.verify``,
 ``hessdistill-precompute verify=true``). A digest finds accidental damage and careless edits; whoever can write the
