@@ -5,6 +5,7 @@ teacher's energies, forces and Hessians. Rerunning resumes where a killed run st
     hessdistill-precompute teacher=mace subset=... shard=2/8        # one of 8 processes/GPUs (array job)
     hessdistill-precompute teacher=mace subset=... merge_shards=8   # join the 8 shard files into the store
     hessdistill-precompute teacher=mace subset=... storage.compression=gzip   # pack the finished store
+    hessdistill-precompute subset=... verify=true   # check every block of the store against its content digests
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
+    if cfg.get("verify"):
+        with HessianStore(build_store(cfg.subset)) as store:
+            checked = store.verify()
+        log.info("%s matches its content digests (blocks checked per group; null: no digest): %s", store.path,
+                 checked)
+        return {"verified": checked}
     store = HessianStore(build_store(cfg.subset), mode="a")
     if cfg.merge_shards:
         merged = merge_shards(store, cfg.teacher.name, int(cfg.merge_shards))

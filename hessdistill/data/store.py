@@ -26,32 +26,50 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
     /teachers/<name>/node_features    (A, F) float32     optional: teacher node features (n2n baseline)
     /teachers/<name>/element_z, element_embeddings  (E,), (E, F_e)  optional: element embeddings (a2a baseline)
 
+    /structures/digest, /teachers/<name>/digest  (B + 1,) uint64  content digests of the group's datasets and their
+                                      seal (``store_digests``; absent in stores of older versions)
+
 A teacher's rows are only trusted where ``done`` is set, so an interrupted precompute resumes safely. Every change
 to the file's structure (a new store, teacher group or node features) is written into a side file and renamed over
-the store (``store_files``), so a failed write leaves the store as it was; the index arrays are checked against the
-datasets before they are used (``store_checks``). The /structures datasets are chunked and written chunk by chunk
-(``write_structures`` takes a stream), and whole-store passes (fingerprint, statistics, info) read them in blocks of
-≤ ``BLOCK_ATOMS`` atoms: nothing reads a whole array.
+the store (``store_files``), so a failed write leaves the store as it was; writers hold the store's lock around
+each such rebuild and each batch of label writes, and move to the new file when another writer replaced it. Every
+open refuses a file that is not self-contained (links out of it, virtual datasets, external storage); the index
+arrays are checked against the datasets before they are used (``store_checks``), and the datasets against their
+content digests, sampled, when the store is opened and a teacher group first used (``store_digests``). The
+/structures datasets are chunked and written chunk by chunk (``write_structures`` takes a stream), and whole-store
+passes (fingerprint, statistics, info) read them in blocks of ≤ ``BLOCK_ATOMS`` atoms: nothing reads a whole array.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from hessdistill.data import store_digests
 from hessdistill.data.progress import progress
 from hessdistill.data.splits import store_fingerprint
 from hessdistill.data.statistics import EnergyStatistics
-from hessdistill.data.store_checks import LAYOUTS, check_structures, check_teacher, hessian_sizes
-from hessdistill.data.store_files import StoreError, open_h5, replacing, require_space
+from hessdistill.data.store_checks import LAYOUTS, check_self_contained, check_structures, check_teacher, hessian_sizes
+from hessdistill.data.store_files import (
+    StoreError,
+    file_identity,
+    h5_errno,
+    open_h5,
+    preallocated,
+    replacing,
+    require_space,
+    store_lock,
+)
 from hessdistill.data.structures import Structure
 
 FORMAT = "hessdistill-store"
@@ -65,15 +83,6 @@ BLOCK_ATOMS = 2**20  # atoms per block of a whole-store pass (positions: 24 MiB)
 # chunks of ≤ 192 KiB, and the layout does not depend on how many structures each write appended
 STRUCTURE_CHUNKS = {"z": 8192, "positions": 8192, "forces": 8192, "offsets": 4096, "cell": 4096, "pbc": 4096,
                     "energy": 4096, "info": 4096}
-
-
-def _preallocated(group: h5py.Group, name: str, shape: tuple, dtype) -> h5py.Dataset:
-    """A contiguous dataset whose file space is allocated now: later writes change raw bytes only, never HDF5
-    metadata, so a process killed mid-write cannot leave the file's structure inconsistent (resumable
-    precompute), and a structure's block is one contiguous read."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return group.create_dataset(name, shape, dtype, dcpl=dcpl)
 
 
 def _nbytes(datasets: dict[str, tuple[tuple, object]]) -> int:
@@ -137,15 +146,16 @@ def write_structures(path: str | Path, structures: Iterable[Structure], overwrit
     """Create a store from structures (any iterable: a reader's stream is consumed once, ``chunk_size`` structures
     at a time, so memory holds one chunk); returns how many were written. Each is validated (labels required).
 
-    Written to ``<path>.<pid>.partial`` then renamed (``store_files.replacing``): never half-written. The energy
-    statistics of all structures are accumulated on the way and recorded as the root attribute
-    ``energy_statistics`` (JSON; floats exact).
+    Written to ``<path>.<pid>.partial`` then renamed (``store_files.replacing``): never half-written, and never over
+    a store another process made there meanwhile (FileExistsError). The energy statistics of all structures are
+    accumulated on the way and recorded as the root attribute ``energy_statistics`` (JSON; floats exact); the
+    structures' content digests (``store_digests``) are written last.
     attrs: extra root attributes recording how the store was made (e.g. ``subset``: the subset config as JSON)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     statistics = EnergyStatistics()
-    with replacing(path) as partial, h5py.File(partial, "w") as f, \
+    with replacing(path, keep_existing=not overwrite) as partial, h5py.File(partial, "w") as f, \
             progress(desc=f"writing {path.name}", unit="structure") as bar:
         f.attrs.update(format=FORMAT, version=VERSION, units=json.dumps(UNITS),
                        created=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -160,6 +170,8 @@ def write_structures(path: str | Path, structures: Iterable[Structure], overwrit
             raise EmptyStoreError(f"{path}: no structures to write")
         references, force_rms = statistics.result()
         f.attrs["energy_statistics"] = json.dumps({"references": references.tolist(), "force_rms": force_rms})
+        store_digests.allocate(g)
+        store_digests.seal(g)
     return statistics.n_structures
 
 
@@ -172,28 +184,63 @@ class HessianStore:
             raise StoreError(f"store not found: {self.path}")
         self.mode = mode
         self._file: h5py.File | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file whose structures were checked
+        self.offsets: np.ndarray | None = None
         self._readers: dict[str, dict] = {}
-        self._checked: set[str] = set()  # teacher groups whose index arrays were checked (``check_teacher``)
+        self._checked: set[str] = set()  # teacher groups checked on first use (``check_teacher``, digest)
+        self._left: dict[str, int] = {}  # structures a teacher group still lacks, counted at its first write
         self._pid = os.getpid()
-        f = self.file
-        if f.attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a hessdistill store (format attribute {f.attrs.get('format')!r})")
-        self.offsets = check_structures(self.path, f)
+        self.file  # noqa: B018 (opens and checks the file)
 
     @property
     def file(self) -> h5py.File:
         """The open h5py file of *this* process (a DataLoader worker forked with a handle reopens its own)."""
         if self._file is None or self._pid != os.getpid():
-            self._file = open_h5(self.path, self.mode)
-            self._pid = os.getpid()
-            self._readers = {}
+            f = open_h5(self.path, self.mode)
+            try:
+                self._check_file(f)
+            except BaseException:
+                f.close()
+                raise
+            self._file, self._pid, self._readers = f, os.getpid(), {}
         return self._file
+
+    def _check_file(self, f: h5py.File) -> None:
+        """Checks of a newly opened file: self-contained (on every open), then, unless it is the very file this
+        store checked before (a forked worker's reopen), its format, structures and their content digest."""
+        check_self_contained(self.path, f)
+        identity = file_identity(f)
+        if identity == self._identity:
+            return
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(f"{self.path} is not a hessdistill store (format attribute {f.attrs.get('format')!r})")
+        offsets = check_structures(self.path, f)
+        if self.offsets is not None and not np.array_equal(offsets, self.offsets):
+            raise StoreError(f"{self.path} was replaced by a store of other structures while in use; rerun")
+        store_digests.verify(self.path, f["structures"], complete=True)
+        self.offsets, self._identity, self._checked = offsets, identity, set()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._readers, self._checked = {}, set()
+        self._readers, self._checked, self._left = {}, set(), {}
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """This store's lock held (``store_files.store_lock``) on its current file: where another writer replaced
+        the store since this object opened it, the old handle is closed and the next access opens the new file
+        (a write into the old one would be lost). Every write of this class takes it; hold it around a batch of
+        label writes to take it once."""
+        with store_lock(self.path):
+            if self._file is not None and self._pid == os.getpid():
+                try:
+                    current = os.stat(self.path)
+                except FileNotFoundError:
+                    raise StoreError(f"{self.path} was removed while in use") from None
+                if (current.st_dev, current.st_ino) != self._identity:
+                    self.close()
+            yield
 
     def __enter__(self) -> HessianStore:
         return self
@@ -320,33 +367,56 @@ class HessianStore:
         g = self.file["teachers"][teacher]
         if teacher not in self._checked:
             check_teacher(self.path, g, self.offsets)
+            # unsealed and complete: a reader says so (a writer seals it when its teacher step ends)
+            store_digests.verify(self.path, g, complete=self.mode == "r" and bool(g["done"][:].all()))
             self._checked.add(teacher)
         return g
+
+    def seal_teacher(self, teacher: str) -> None:
+        """Write the content digest of ``teacher``'s group (``store_digests``; reads the group once): at the end of
+        a teacher step, once every structure it was to label is done. A no-op if already sealed."""
+        with self.writing():
+            g = self.teacher_group(teacher)
+            if not store_digests.is_sealed(g):
+                store_digests.seal(g)
+
+    def verify(self) -> dict[str, int | None]:
+        """Check every block of the store's datasets against their content digests (reads the whole store):
+        StoreError naming the first dataset that differs. Returns the blocks checked per group ("structures" and
+        each teacher; None: no digest, or a teacher not yet sealed)."""
+        checked = {"structures": store_digests.verify(self.path, self.file["structures"], sample=False)}
+        for name in self.teachers():
+            g = self.teacher_group(name)
+            checked[name] = store_digests.verify(self.path, g, sample=False)
+        return checked
 
     def _rebuild(self, what: str, added_bytes: int, change: Callable[[h5py.File], None]) -> None:
         """Copy this store with ``change`` applied (a callable adding to the open copy) into a side file and rename it
         over the store (``store_files.replacing``): a failure at any point (full disk, file-size limit, a crash
         inside HDF5) leaves the store as it was. Costs one copy of the store, whose size plus ``added_bytes`` is
-        checked first against the free disk, quota and file-size limit (StoreError naming ``what`` otherwise)."""
+        checked first against the free disk, quota and file-size limit (StoreError naming ``what`` otherwise). The
+        store's lock is held throughout (``writing``), and the copy made of its current file, so a concurrent
+        writer's teacher is neither lost nor written into a replaced file."""
         if self.mode == "r":
             raise StoreError(f"{self.path} is open read-only; open it with mode='a' for {what}")
-        src, needed = self.file, self.path.stat().st_size + added_bytes + METADATA_BYTES
-        require_space(self.path, needed, what)
-        with replacing(self.path) as partial:
-            try:
-                with h5py.File(partial, "w") as out:
-                    out.attrs.update(dict(src.attrs))
-                    for name, obj in src.items():
-                        if name != "teachers":
-                            src.copy(obj, out, name)
-                    teachers = out.create_group("teachers")
-                    for name in self.teachers():  # hidden groups (a killed run's, of older versions) are left behind
-                        src.copy(src["teachers"][name], teachers, name)
-                    change(out)
-            except (OSError, RuntimeError) as exc:  # h5py's write errors
-                raise StoreError(f"{self.path}: {what} failed while writing {partial.name}, which is removed; the "
-                                 f"store is unchanged ({' '.join(str(exc).split())})") from exc
-            self.close()  # the renamed copy replaces the file under this handle; it is reopened on next use
+        with self.writing():
+            src, needed = self.file, self.path.stat().st_size + added_bytes + METADATA_BYTES
+            require_space(self.path, needed, what)
+            with replacing(self.path) as partial:
+                try:
+                    with h5py.File(partial, "w") as out:
+                        out.attrs.update(dict(src.attrs))
+                        for name, obj in src.items():
+                            if name != "teachers":
+                                src.copy(obj, out, name)
+                        teachers = out.create_group("teachers")
+                        for name in self.teachers():  # hidden groups (a killed run's, older versions') stay behind
+                            src.copy(src["teachers"][name], teachers, name)
+                        change(out)
+                except (OSError, RuntimeError) as exc:  # h5py's write errors
+                    raise StoreError(f"{self.path}: {what} failed while writing {partial.name}, which is removed; "
+                                     f"the store is unchanged ({' '.join(str(exc).split())})") from exc
+                self.close()  # the renamed copy replaces the file under this handle; it is reopened on next use
 
     def create_teacher(self, teacher: str, attrs: dict, layout: str = "full", dtype: str = "float32",
                        rows_per_structure: int | None = None) -> h5py.Group:
@@ -355,57 +425,74 @@ class HessianStore:
         layout "full": (3N, 3N) blocks; "upper": symmetric packing of the upper triangle, 3N(3N+1)/2 values;
         "rows": ``rows_per_structure`` rows (k, 3N) per structure, their indices in ``hessian_row_index`` (M, k).
         dtype "float32" or "float16" (half the disk; relative error ≤ 2⁻¹¹ of each entry).
-        A new group is added by ``_rebuild``: never inside the live file, so a failed allocation harms nothing.
+        A new group is added by ``_rebuild``: never inside the live file, so a failed allocation harms nothing. Its
+        content digest is allocated with it and written by ``seal_teacher`` once its structures are done.
         """
-        if teacher in self.teachers():
-            g = self.teacher_group(teacher)
-            asked = (layout, dtype, rows_per_structure if layout == "rows" else None)
-            have = (g.attrs["hessian_layout"], g.attrs["hessian_dtype"], g.attrs.get("rows_per_structure"))
-            if asked[:2] != have[:2] or (layout == "rows" and asked[2] != have[2]):
-                raise StoreError(f"{self.path}: teacher {teacher!r} exists with Hessian storage {have}, asked {asked}")
-            return g
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown Hessian layout {layout!r}; choose one of {LAYOUTS}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"Hessian dtype must be float32 or float16, got {dtype!r}")
-        n = 3 * self.n_atoms()
-        if layout == "rows":
-            if not rows_per_structure or rows_per_structure < 1:
-                raise ValueError("layout 'rows' needs rows_per_structure >= 1")
-            if int(n.min()) < rows_per_structure:
-                raise ValueError(f"{self.path}: a structure has only {int(n.min())} "
-                                 f"Hessian rows < {rows_per_structure}")
-        hoff = np.concatenate([[0], np.cumsum(hessian_sizes(self.n_atoms(), layout, rows_per_structure))])
-        m, a = len(self), int(self.offsets[-1])
-        datasets = {"energy": ((m,), np.float64), "forces": ((a, 3), np.float64), "hessian": ((int(hoff[-1]),), dtype),
-                    "asymmetry": ((m,), np.float32), "done": ((m,), bool)}
-        if layout == "rows":
-            datasets["hessian_row_index"] = ((m, rows_per_structure), np.int32)
-
-        def add(out: h5py.File) -> None:
-            g = out["teachers"].create_group(teacher)
-            g.attrs.update({k: v for k, v in attrs.items() if v is not None},
-                           created=time.strftime("%Y-%m-%dT%H:%M:%S"), hessian_layout=layout, hessian_dtype=dtype)
+        with self.writing():  # decided on the current file: another writer may have added this teacher meanwhile
+            if teacher in self.teachers():
+                g = self.teacher_group(teacher)
+                asked = (layout, dtype, rows_per_structure if layout == "rows" else None)
+                have = (g.attrs["hessian_layout"], g.attrs["hessian_dtype"], g.attrs.get("rows_per_structure"))
+                if asked[:2] != have[:2] or (layout == "rows" and asked[2] != have[2]):
+                    raise StoreError(f"{self.path}: teacher {teacher!r} exists with Hessian storage {have}, asked "
+                                     f"{asked}")
+                return g
+            if layout not in LAYOUTS:
+                raise ValueError(f"unknown Hessian layout {layout!r}; choose one of {LAYOUTS}")
+            if dtype not in ("float32", "float16"):
+                raise ValueError(f"Hessian dtype must be float32 or float16, got {dtype!r}")
+            n = 3 * self.n_atoms()
             if layout == "rows":
-                g.attrs["rows_per_structure"] = int(rows_per_structure)
-            for name, (shape, kind) in datasets.items():
-                _preallocated(g, name, shape, kind)
-            g["hessian_offsets"] = hoff
+                if not rows_per_structure or rows_per_structure < 1:
+                    raise ValueError("layout 'rows' needs rows_per_structure >= 1")
+                if int(n.min()) < rows_per_structure:
+                    raise ValueError(f"{self.path}: a structure has only {int(n.min())} "
+                                     f"Hessian rows < {rows_per_structure}")
+            hoff = np.concatenate([[0], np.cumsum(hessian_sizes(self.n_atoms(), layout, rows_per_structure))])
+            m, a = len(self), int(self.offsets[-1])
+            datasets = {"energy": ((m,), np.float64), "forces": ((a, 3), np.float64),
+                        "hessian": ((int(hoff[-1]),), dtype), "asymmetry": ((m,), np.float32), "done": ((m,), bool)}
+            if layout == "rows":
+                datasets["hessian_row_index"] = ((m, rows_per_structure), np.int32)
 
-        self._rebuild(f"adding teacher {teacher!r}", _nbytes(datasets) + hoff.nbytes, add)
+            def add(out: h5py.File) -> None:
+                g = out["teachers"].create_group(teacher)
+                g.attrs.update({k: v for k, v in attrs.items() if v is not None},
+                               created=time.strftime("%Y-%m-%dT%H:%M:%S"), hessian_layout=layout, hessian_dtype=dtype)
+                if layout == "rows":
+                    g.attrs["rows_per_structure"] = int(rows_per_structure)
+                for name, (shape, kind) in datasets.items():
+                    preallocated(g, name, shape, kind)
+                g["hessian_offsets"] = hoff
+                store_digests.allocate(g)
+
+            self._rebuild(f"adding teacher {teacher!r}", _nbytes(datasets) + hoff.nbytes, add)
         return self.teacher_group(teacher)
 
     def write_teacher(self, teacher: str, i: int, energy: float, forces: np.ndarray, hessian: np.ndarray,
                       rows: np.ndarray | None = None, asymmetry: float | None = None,
                       node_features: np.ndarray | None = None) -> None:
-        """Write one structure's teacher labels, flush, then set its completion mark and flush again.
+        """Write one structure's teacher labels, flush, then set its completion mark and flush again (under the
+        store's lock: ``_labels_of``). NaN/inf labels are refused, never marked done. The write that completes the
+        group also writes its content digest (``store_digests.seal``).
 
         hessian: (3N, 3N) eV/Å² for layouts full/upper; for layout "rows" the (k, 3N) rows numbered ``rows`` (k,).
         asymmetry: max |H − Hᵀ| to record (eV/Å²) when ``hessian`` was symmetrised by the teacher;
         default: of ``hessian``.
         node_features: (N, F) teacher node features, for a group made with ``create_features``.
         """
-        g = self.teacher_group(teacher)
+        with self._labels_of(teacher, f"{self.path}[{i}]") as g:
+            fresh = not g["done"][i]
+            self._write_labels(g, teacher, i, energy, forces, hessian, rows, asymmetry, node_features)
+            if fresh:  # count the structures left: the write that completes the group seals it
+                left = self._left.get(teacher)
+                self._left[teacher] = left = int((~g["done"][:]).sum()) if left is None else left - 1
+                if left == 0:
+                    store_digests.seal(g)
+
+    def _write_labels(self, g: h5py.Group, teacher: str, i: int, energy: float, forces: np.ndarray,
+                      hessian: np.ndarray, rows: np.ndarray | None, asymmetry: float | None,
+                      node_features: np.ndarray | None) -> None:
         layout = g.attrs["hessian_layout"]
         n = self.n_atoms(i)
         expected = (g.attrs["rows_per_structure"], 3 * n) if layout == "rows" else (3 * n, 3 * n)
@@ -438,28 +525,48 @@ class HessianStore:
         g["done"][i] = True
         self.file.flush()
 
+    @contextmanager
+    def _labels_of(self, teacher: str, where: str) -> Iterator[h5py.Group]:
+        """``teacher``'s group in the current file, under the store's lock (``writing``), its content digest
+        unsealed before anything is written; an OSError of a write (a disk that filled after the space checks, an
+        I/O error) becomes one StoreError line naming ``where``: with HDF5's sieve buffer off for writers
+        (``store_files.open_h5``) it fails in the write itself, and the labels written before stay."""
+        with self.writing():
+            g = self.teacher_group(teacher)
+            try:
+                store_digests.unseal(g)
+                yield g
+            except OSError as exc:
+                code = h5_errno(exc)
+                reason = os.strerror(code) if code else " ".join(str(exc).split())
+                hint = "free some space" if code in (errno.ENOSPC, errno.EDQUOT) else "check the disk"
+                raise StoreError(f"{where}: writing the labels of teacher {teacher!r} failed ({reason}); the "
+                                 f"structures labelled before are kept: {hint}, then rerun to resume") from None
+
     def create_features(self, teacher: str, n_features: int, element_z: np.ndarray | None = None,
                         element_embeddings: np.ndarray | None = None) -> None:
         """Add the teacher's node features (A, F) float32 (filled per structure by ``write_teacher``) and, if
         given, its element embeddings (E, F_e) with their atomic numbers (E,), for the n2n and a2a baselines."""
-        g = self.teacher_group(teacher)
-        if "node_features" in g:
-            return
-        if g["done"][:].any():
-            raise StoreError(f"{self.path}: teacher {teacher!r} already has structures labelled without node features;"
-                             f" export features into a new teacher group (e.g. another teacher name)")
-        shape = (int(self.offsets[-1]), n_features)
-        embeddings = None if element_embeddings is None else np.asarray(element_embeddings, dtype=np.float32)
+        with self.writing():
+            g = self.teacher_group(teacher)
+            if "node_features" in g:
+                return
+            if g["done"][:].any():
+                raise StoreError(f"{self.path}: teacher {teacher!r} already has structures labelled without node "
+                                 f"features; export features into a new teacher group (e.g. another teacher name)")
+            shape = (int(self.offsets[-1]), n_features)
+            embeddings = None if element_embeddings is None else np.asarray(element_embeddings, dtype=np.float32)
 
-        def add(out: h5py.File) -> None:
-            t = out["teachers"][teacher]
-            _preallocated(t, "node_features", shape, np.float32)
-            if embeddings is not None:
-                t["element_z"] = np.asarray(element_z, dtype=np.int16)
-                t["element_embeddings"] = embeddings
+            def add(out: h5py.File) -> None:
+                t = out["teachers"][teacher]
+                preallocated(t, "node_features", shape, np.float32)
+                if embeddings is not None:
+                    t["element_z"] = np.asarray(element_z, dtype=np.int16)
+                    t["element_embeddings"] = embeddings
+                store_digests.allocate(t)  # now over the new datasets too
 
-        added = _nbytes({"node_features": (shape, np.float32)}) + (0 if embeddings is None else embeddings.nbytes)
-        self._rebuild(f"adding node features to teacher {teacher!r}", added, add)
+            added = _nbytes({"node_features": (shape, np.float32)}) + (0 if embeddings is None else embeddings.nbytes)
+            self._rebuild(f"adding node features to teacher {teacher!r}", added, add)
 
     def node_features(self, teacher: str, i: int) -> np.ndarray:
         """Teacher node features of structure i, (N, F)."""
@@ -502,7 +609,8 @@ class HessianStore:
     def copy_teacher_labels(self, source: HessianStore, teacher: str, indices: np.ndarray) -> None:
         """Copy ``teacher``'s labels of structures ``indices`` from ``source`` (a store of the same structures, e.g.
         a finished shard) verbatim: the group is created like the source's if missing, data first and completion
-        marks last, so a killed copy can be rerun."""
+        marks last, so a killed copy can be rerun. Non-finite labels are refused, naming the source structure. The
+        copy that completes the group writes its content digest."""
         src = source.teacher_group(teacher)
         attrs = dict(src.attrs)
         self.create_teacher(teacher, attrs, layout=attrs["hessian_layout"], dtype=attrs["hessian_dtype"],
@@ -512,20 +620,26 @@ class HessianStore:
             self.create_features(teacher, src["node_features"].shape[1],
                                  src["element_z"][:] if has_embeddings else None,
                                  src["element_embeddings"][:] if has_embeddings else None)
-        dst = self.teacher_group(teacher)  # after create_features, which replaces the file
-        for j in indices:
-            a, b = int(self.offsets[j]), int(self.offsets[j + 1])
-            h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
-            dst["energy"][j], dst["asymmetry"][j] = src["energy"][j], src["asymmetry"][j]
-            dst["forces"][a:b] = src["forces"][a:b]
-            dst["hessian"][h0:h1] = src["hessian"][h0:h1]
-            if "hessian_row_index" in src:
-                dst["hessian_row_index"][j] = src["hessian_row_index"][j]
-            if "node_features" in src:
-                dst["node_features"][a:b] = src["node_features"][a:b]
-        self.file.flush()
-        dst["done"][np.asarray(indices)] = True
-        self.file.flush()
+        with self._labels_of(teacher, f"{self.path}") as dst:  # after create_features, which replaces the file
+            for j in indices:
+                a, b = int(self.offsets[j]), int(self.offsets[j + 1])
+                h0, h1 = (int(x) for x in src["hessian_offsets"][j : j + 2])
+                energy, forces, hessian = src["energy"][j], src["forces"][a:b], src["hessian"][h0:h1]
+                if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(hessian).all()):
+                    raise StoreError(f"{source.path}[{j}]: teacher {teacher!r} has non-finite labels although marked "
+                                     f"done; relabel it")
+                dst["energy"][j], dst["asymmetry"][j] = energy, src["asymmetry"][j]
+                dst["forces"][a:b], dst["hessian"][h0:h1] = forces, hessian
+                if "hessian_row_index" in src:
+                    dst["hessian_row_index"][j] = src["hessian_row_index"][j]
+                if "node_features" in src:
+                    dst["node_features"][a:b] = src["node_features"][a:b]
+            self.file.flush()
+            dst["done"][np.asarray(indices)] = True
+            self.file.flush()
+            self._left.pop(teacher, None)  # counted by write_teacher before these marks
+            if dst["done"][:].all():
+                store_digests.seal(dst)
 
     def _reader(self, teacher: str) -> dict:
         """Open handles and small arrays of a teacher group, kept for this process's file: a training item reads
@@ -542,10 +656,14 @@ class HessianStore:
         return self._readers[key]
 
     def teacher_labels(self, teacher: str, i: int) -> tuple[float, np.ndarray]:
-        """Teacher energy (eV) and forces (N, 3) eV/Å of structure i."""
+        """Teacher energy (eV) and forces (N, 3) eV/Å of structure i; StoreError if either is not finite."""
         r = self._reader(teacher)
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-        return float(r["energy"][i]), r["forces"][a:b]
+        energy, forces = float(r["energy"][i]), r["forces"][a:b]
+        if not (np.isfinite(energy) and np.isfinite(forces).all()):
+            raise StoreError(f"{self.path}[{i}]: teacher {teacher} has a non-finite energy or forces although marked "
+                             f"done; relabel this teacher")
+        return energy, forces
 
     def stored_rows(self, teacher: str, i: int) -> np.ndarray:
         """Row indices of structure i's teacher Hessian held in the store (all 3N unless layout "rows")."""

@@ -1,8 +1,10 @@
-"""Index arrays of a store checked against its datasets before anything is read through them: a hostile or damaged
-file gives one StoreError naming the field, never a huge allocation or a read past a dataset's end.
+"""A store's structure checked before anything is read through it: a hostile or damaged file gives one StoreError
+naming the object, never a read outside the file, a huge allocation or a read past a dataset's end.
 
-``check_structures`` runs when a store is opened, ``check_teacher`` when a teacher group is first used; both read
-only dataset shapes and the index arrays ((M+1,) offsets, (M, k) row indices), whose shapes are checked first.
+``check_self_contained`` runs on every open of a store file, before anything else is read: it walks the file's links
+(a few dozen: stores have a small fixed set of groups) and the creation properties of its datasets, and reads no
+data. ``check_structures`` runs when a store is opened, ``check_teacher`` when a teacher group is first used; both
+read only dataset shapes and the index arrays ((M+1,) offsets, (M, k) row indices), whose shapes are checked first.
 """
 
 from __future__ import annotations
@@ -19,6 +21,59 @@ STRUCTURES = ("z", "positions", "offsets", "cell", "pbc", "energy", "forces", "i
 TEACHER = ("energy", "forces", "hessian", "hessian_offsets", "asymmetry", "done")
 DAMAGED = "the file is damaged or was not written by hessdistill; rebuild it with hessdistill-precompute"
 MAX_VALUES = 2**62  # Hessian values a store may index (int64 offsets, with room to sum them)
+OUTSIDE = "a store holds all its data itself and never reads outside its file"
+# HDF5 filters stores are written with (compression: gzip or lzf after shuffle); any other needs a plugin, which is
+# native code found on the machine: a store never makes HDF5 look for one
+FILTERS = {h5py.h5z.FILTER_DEFLATE: "deflate", h5py.h5z.FILTER_SHUFFLE: "shuffle",
+           h5py.h5z.FILTER_FLETCHER32: "fletcher32", 32000: "lzf"}
+
+
+def check_self_contained(path: Path, f: h5py.File) -> None:
+    """StoreError naming the object unless every object of ``f`` lives in it: no external or soft links (stores
+    write neither; external links are never followed by the walk), no virtual datasets (whose data come from other
+    files, or a fill value where those are missing), no external raw storage (a dataset whose bytes are another
+    file, e.g. /etc/passwd) and no filters but ``FILTERS``. Reads link and dataset headers only."""
+    problems = []
+
+    def visit(name: str, link) -> bool | None:  # raising inside h5py's walk crashes it: a true value stops it
+        try:
+            problem = _outside(path, f, name, link)
+        except Exception as exc:  # noqa: BLE001 (any failure to inspect an object is the store's problem)
+            problem = f"{path}: /{name} cannot be inspected ({' '.join(str(exc).split())}); {DAMAGED}"
+        if problem is not None:
+            problems.append(problem)
+            return True
+        return None
+
+    f.visititems_links(visit)
+    if problems:
+        raise StoreError(problems[0])
+
+
+def _outside(path: Path, f: h5py.File, name: str, link) -> str | None:
+    """What makes the object ``name`` (reached by ``link``) read outside the store, as a message; None if nothing."""
+    where = f"{path}: /{name}"
+    if isinstance(link, h5py.ExternalLink):
+        return f"{where} is an external link to {link.filename}:{link.path}; {OUTSIDE}"
+    if isinstance(link, h5py.SoftLink):
+        return f"{where} is a soft link to {link.path}; stores have no links; {DAMAGED}"
+    if not isinstance(link, h5py.HardLink):
+        return f"{where} is a link of type {type(link).__name__}; {OUTSIDE}"
+    data = f[name]
+    if not isinstance(data, h5py.Dataset):
+        return None
+    if data.is_virtual:
+        sources = sorted({source.file_name for source in data.virtual_sources()})
+        return f"{where} is a virtual dataset (its data would come from {', '.join(sources)}); {OUTSIDE}"
+    if data.external:
+        return f"{where} keeps its data in {data.external[0][0]!r} (external raw storage); {OUTSIDE}"
+    plist = data.id.get_create_plist()
+    for k in range(plist.get_nfilters()):
+        code, *_, filter_name = plist.get_filter(k)
+        if code not in FILTERS:
+            return (f"{where} uses the HDF5 filter {code} ({filter_name.decode(errors='replace')}), which would load "
+                    f"a plugin; stores are written with {sorted(FILTERS.values())} only; {DAMAGED}")
+    return None
 
 
 def hessian_sizes(n_atoms: np.ndarray, layout: str, rows_per_structure: int | None = None) -> np.ndarray:

@@ -4,7 +4,8 @@ Precompute writes into contiguous, preallocated datasets (kill-safe: a write nev
 compressed datasets allocate chunks as they are written, so compression is a packing step for teachers whose
 every structure is done. The packed copy is written to ``<store>.<pid>.partial`` and renamed over the store
 (``store_files.replacing``, after a check that a copy of the store's size fits), so a killed or failed run leaves
-the store as it was. Readers need nothing: h5py decompresses transparently.
+the store as it was; the store's lock is held from the first read to the rename. Content digests are of the values,
+so they hold for the packed copy. Readers need nothing: h5py decompresses transparently.
 
 Chunks hold ``CHUNK_ENTRIES`` values (128 KiB of float32): one structure's rows span one or two chunks for
 molecules of up to ~60 atoms, so a random structure's rows cost a chunk decompression or two
@@ -18,7 +19,7 @@ from pathlib import Path
 import h5py
 
 from hessdistill.data.store import HessianStore, StoreError
-from hessdistill.data.store_files import replacing, require_space
+from hessdistill.data.store_files import replacing, require_space, store_lock
 
 COMPRESSIONS = ("gzip", "lzf")
 CHUNK_ENTRIES = 2**15
@@ -38,31 +39,32 @@ def compress_store(path: str | Path, compression: str = "gzip", level: int = 4) 
     options = {"compression": compression, "shuffle": True}
     if compression == "gzip":
         options["compression_opts"] = int(level)
-    with HessianStore(path) as store:
-        for name in store.teachers():
-            done = store.teacher_done(name)
-            if not done.all():
-                raise StoreError(f"{path}: teacher {name!r} has {int(done.sum())}/{len(done)} structures labelled; "
-                                 f"finish precompute before compressing (compressed datasets are not kill-safe "
-                                 f"to write into)")
-        todo = [f"{name}/{key}" for name in store.teachers() for key, data in store.teacher_group(name).items()
-                if _packable(key, data) and data.compression != compression]
-    before = path.stat().st_size
-    if not todo:  # already packed with this filter (e.g. a rerun of a finished precompute)
-        return {"bytes_before": before, "bytes_after": before}
-    require_space(path, before, f"compressing with {compression}")
-    with replacing(path) as partial, h5py.File(path, "r") as src, h5py.File(partial, "w") as dst:
-        dst.attrs.update(dict(src.attrs))
-        src.copy(src["structures"], dst, "structures")
-        for name, group in src.get("teachers", {}).items():
-            out = dst.require_group("teachers").create_group(name)
-            out.attrs.update(dict(group.attrs))
-            for key, data in group.items():
-                if _packable(key, data) and data.compression != compression:
-                    _copy_compressed(data, out, key, options)
-                else:
-                    group.copy(data, out, key)
-    return {"bytes_before": before, "bytes_after": path.stat().st_size}
+    with store_lock(path):  # read and replaced as one step: no other writer's labels lost in between
+        with HessianStore(path) as store:
+            for name in store.teachers():
+                done = store.teacher_done(name)
+                if not done.all():
+                    raise StoreError(f"{path}: teacher {name!r} has {int(done.sum())}/{len(done)} structures labelled; "
+                                     f"finish precompute before compressing (compressed datasets are not kill-safe "
+                                     f"to write into)")
+            todo = [f"{name}/{key}" for name in store.teachers() for key, data in store.teacher_group(name).items()
+                    if _packable(key, data) and data.compression != compression]
+        before = path.stat().st_size
+        if not todo:  # already packed with this filter (e.g. a rerun of a finished precompute)
+            return {"bytes_before": before, "bytes_after": before}
+        require_space(path, before, f"compressing with {compression}")
+        with replacing(path) as partial, h5py.File(path, "r") as src, h5py.File(partial, "w") as dst:
+            dst.attrs.update(dict(src.attrs))
+            src.copy(src["structures"], dst, "structures")
+            for name, group in src.get("teachers", {}).items():
+                out = dst.require_group("teachers").create_group(name)
+                out.attrs.update(dict(group.attrs))
+                for key, data in group.items():
+                    if _packable(key, data) and data.compression != compression:
+                        _copy_compressed(data, out, key, options)
+                    else:
+                        group.copy(data, out, key)
+        return {"bytes_before": before, "bytes_after": path.stat().st_size}
 
 
 def _packable(key: str, data: h5py.Dataset) -> bool:

@@ -70,6 +70,8 @@ def build_store(subset: DictConfig, chunk_size: int = CHUNK_STRUCTURES) -> Path:
         written = write_structures(path, kept, attrs={"subset_name": str(subset.name), "subset_source": source,
                                                       "subset_select": wanted, "subset_source_record": record},
                                    chunk_size=chunk_size)
+    except FileExistsError:  # another process (e.g. a precompute of another teacher) built it meanwhile: use theirs
+        return build_store(subset, chunk_size)
     except EmptyStoreError as exc:
         raise StoreError(f"subset {subset.name}: no structures of {selection.seen} from {subset.source.get('path')} "
                          f"pass the selection {wanted}") from exc

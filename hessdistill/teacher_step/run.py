@@ -1,7 +1,10 @@
 """Teacher precompute: label every structure of a store with teacher energy, forces and Hessian (full, packed or
 k sampled rows), in batches sized by ``batch_size.BatchSizer`` and VJP chunks sized by a memory budget.
 
-Resumable: structures whose completion mark is set are skipped, and a mark is written only after its data.
+Resumable: structures whose completion mark is set are skipped, and a mark is written only after its data. Each
+batch's labels are written under the store's lock (``HessianStore.writing``), so precomputes of other teachers can
+run on the same store at once; when every structure asked for is done, the group's content digest is written
+(``HessianStore.seal_teacher``).
 """
 
 from __future__ import annotations
@@ -96,24 +99,27 @@ def precompute_teacher(store: HessianStore, teacher: Teacher, batch_size: int | 
             widths = 3 * (batch.ptr[1:] - batch.ptr[:-1])  # entries computed: (3N_i)² each, or k·3N_i for rows
             entries = widths * (rows_per_structure if layout == "rows" else widths)
             sizer.record(int(entries.sum()), time.perf_counter() - began)
-        for k, i in enumerate(idx):
-            a, b = int(batch.ptr[k]), int(batch.ptr[k + 1])
-            energy, f = float(out.energy[k]), out.forces[a:b].cpu().double().numpy()
-            nf = None if node_features is None else node_features[a:b]
-            if layout == "rows":
-                h = out.rows[:, a:b].reshape(rows_per_structure, -1).cpu().double().numpy()
-                store.write_teacher(teacher.name, int(i), energy, f, h, rows=rows[k].numpy(), node_features=nf)
-                continue
-            h = out.hessians[k].cpu().double().numpy()
-            asym = float(np.abs(h - h.T).max()) if out.asymmetry is None else float(out.asymmetry[k])
-            worst = max(worst, asym)
-            if asym > symmetry_tol:
-                log.warning("%s[%d]: teacher %s Hessian asymmetry %.2e eV/Å² > %.0e", store.path, i, teacher.name,
-                            asym, symmetry_tol)
-            store.write_teacher(teacher.name, int(i), energy, f, h, asymmetry=asym, node_features=nf)
+        with store.writing():
+            for k, i in enumerate(idx):
+                a, b = int(batch.ptr[k]), int(batch.ptr[k + 1])
+                energy, f = float(out.energy[k]), out.forces[a:b].cpu().double().numpy()
+                nf = None if node_features is None else node_features[a:b]
+                if layout == "rows":
+                    h = out.rows[:, a:b].reshape(rows_per_structure, -1).cpu().double().numpy()
+                    store.write_teacher(teacher.name, int(i), energy, f, h, rows=rows[k].numpy(), node_features=nf)
+                    continue
+                h = out.hessians[k].cpu().double().numpy()
+                asym = float(np.abs(h - h.T).max()) if out.asymmetry is None else float(out.asymmetry[k])
+                worst = max(worst, asym)
+                if asym > symmetry_tol:
+                    log.warning("%s[%d]: teacher %s Hessian asymmetry %.2e eV/Å² > %.0e", store.path, i,
+                                teacher.name, asym, symmetry_tol)
+                store.write_teacher(teacher.name, int(i), energy, f, h, asymmetry=asym, node_features=nf)
         start += len(idx)
         bar.update(len(idx))
     bar.close()
+    if store.teacher_done(teacher.name)[np.arange(len(store)) if indices is None else indices].all():
+        store.seal_teacher(teacher.name)
     return {"computed": int(len(todo)), "total": len(store), "max_asymmetry": worst, "batch_size": sizer.next_size(),
             "batch_rates": sizer.rates, "chunk_size": str(chunk) if chunk is not None else "all"}
 

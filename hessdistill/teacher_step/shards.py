@@ -41,8 +41,10 @@ def open_shard(store: HessianStore, teacher: str, i: int, n: int) -> HessianStor
 def merge_shards(store: HessianStore, teacher: str, n: int) -> int:
     """Copy the finished structures of all n shard files of ``teacher`` into ``store``; returns how many.
 
-    Every shard must exist, hold the same structures as the store and have finished its part; blocks are copied
-    verbatim (``HessianStore.copy_teacher_labels``), so a killed merge can be rerun.
+    Every shard must exist, hold the same structures as the store and have finished its part (each shard's content
+    digest, written when it finished, is checked as it is opened); blocks are copied verbatim
+    (``HessianStore.copy_teacher_labels``, which writes the merged group's digest once it is complete), so a killed
+    merge can be rerun.
     """
     paths = [shard_path(store.path, teacher, i, n) for i in range(n)]
     missing = [str(p) for p in paths if not p.exists()]
