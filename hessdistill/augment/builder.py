@@ -30,6 +30,7 @@ from torch_geometric.data import Batch
 from tqdm import tqdm
 
 from hessdistill.data.keys import ORIGINS
+from hessdistill.data.sources.npz import numeric
 from hessdistill.data.store import HessianStore, StoreError, write_structures
 from hessdistill.data.structures import Structure
 from hessdistill.devices import module_device
@@ -60,8 +61,11 @@ class Candidates:
 
     @classmethod
     def load(cls, path: Path) -> Candidates:
-        with np.load(path) as f:
-            return cls(f["positions"], f["energy"], f["forces"], f["score"], f["origin"], int(f["teacher_calls"]))
+        with np.load(path, allow_pickle=False) as f:  # a run folder's file is data: numbers only, named on error
+            positions, energy, forces, score = (numeric(path, f, key) for key in ("positions", "energy", "forces",
+                                                                                  "score"))
+            return cls(positions, energy, forces, score, numeric(path, f, "origin", np.int64),
+                       int(numeric(path, f, "teacher_calls", np.int64)))
 
 
 def labels_at(model, parent: Structure, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -296,3 +296,20 @@ def test_training_run_with_augmentation_offsets_and_residual_rows(labelled_store
     buffer, offsets = dm.row_sampler.buffer, dm.row_sampler.offsets
     learnt = [int((~buffer[offsets[i] : offsets[i + 1]].isnan()).sum()) for i in range(len(offsets) - 1)]
     assert len(learnt) == 16 + 8 and all(n > 0 for n in learnt[16:])  # every added structure's rows were seen
+
+
+def test_a_candidates_file_with_an_object_array_is_refused_naming_it(tmp_path):
+    """A run folder's augmentation candidates are data: an object array (which would need unpickling) is one line
+    naming the file and the array, never numpy's bare message."""
+    from hessdistill.augment.builder import Candidates
+    from hessdistill.data.structures import InvalidStructureError
+
+    path = tmp_path / "candidates.npz"
+    np.savez(path, positions=np.array([object()], dtype=object), energy=np.zeros(1), forces=np.zeros((1, 1, 3)),
+             score=np.zeros(1), origin=np.zeros(1, dtype=np.int64), teacher_calls=3)
+    with pytest.raises(InvalidStructureError, match=r"candidates\.npz: array 'positions' holds Python objects"):
+        Candidates.load(path)
+    good = Candidates(np.zeros((1, 2, 3)), np.ones(1), np.zeros((1, 2, 3)), np.zeros(1), np.zeros(1, np.int64), 3)
+    good.save(path)
+    loaded = Candidates.load(path)
+    assert loaded.teacher_calls == 3 and np.array_equal(loaded.positions, good.positions)
