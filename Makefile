@@ -30,7 +30,7 @@ docs: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$HD_CHROMIUM" ] || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation; \
 	else echo "no chromium and no root apt-get: tests/docs/test_site.py will skip (set HD_CHROMIUM)"; fi
 
 # lint first (ruff, pyproject.toml), then the docs site (which runs the notebooks), then the tests (which open the

@@ -27,6 +27,9 @@ from hessdistill.config import CONFIG_DIR  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {"quickstart.ipynb": "tutorials/quickstart.ipynb", "compare_runs.ipynb": "tutorials/compare_runs.ipynb"}
 EXECUTE = os.environ.get("HD_DOCS_EXECUTE", "").lower() in ("1", "true", "yes")
+# The kernels inherit this: the two notebooks run side by side, one thread each (torch's default of one thread per
+# core, twice over, made the tiny models' steps many times slower on a 2-core machine)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 log = logging.getLogger("mkdocs.plugins.hessdistill")
 
 

@@ -54,8 +54,9 @@ def site() -> Path:
     index = SITE / "index.html"
     if not index.exists() or index.stat().st_mtime < newest_source():
         env = {**os.environ, "HD_DOCS_EXECUTE": "true", "NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
-        subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)], cwd=ROOT,
-                       env=env, check=True, capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"mkdocs build --strict failed:\n{done.stderr[-3000:]}"
     return SITE
 
 
