@@ -1,5 +1,6 @@
-"""The notebooks are committed clean; ``make test`` (``pytest --nbmake tests notebooks``) runs them top to bottom
-in a real kernel on the demo data."""
+"""The notebooks are committed clean; ``make test`` runs them top to bottom in a real kernel when it builds the docs
+site (``make docs``: mkdocs-jupyter executes them, and a failing cell fails the build), and
+``tests/docs/test_site.py`` checks the rendered tutorial's figures and that its student learned."""
 
 from __future__ import annotations
 
