@@ -4,7 +4,8 @@ by matching sampled rows of the teacher's energy Hessian (Amin, Raja, Krishnapri
 Units everywhere: energy eV, length Å, force eV/Å, Hessian eV/Å². Hessian row index j = 3·atom + axis.
 
     import hessdistill as hd     # the commands as functions: hd.precompute, hd.train, hd.onpolicy, hd.evaluate,
-                                 # hd.predict, hd.load_calculator, hd.compose; hd.HessianStore (see hessdistill.api)
+                                 # hd.predict, hd.summarize, hd.load_calculator, hd.compose; hd.HessianStore
+                                 # (see hessdistill.api)
     hd.register_student("mynet", MyNet)   # your own classes, by key (hessdistill.registry): files name keys only
 """
 
@@ -13,7 +14,7 @@ from hessdistill.registry import register_plugin, register_student, register_tea
 
 __version__ = "0.1.0"
 __all__ = ["HessianStore", "compose", "deploy", "deployed_calculator", "evaluate", "load_calculator", "onpolicy",
-           "precompute", "predict", "register_plugin", "register_student", "register_teacher", "train"]
+           "precompute", "predict", "register_plugin", "register_student", "register_teacher", "summarize", "train"]
 
 
 

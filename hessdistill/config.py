@@ -27,3 +27,50 @@ def dataset_path(relative: str) -> str:
 
 
 OmegaConf.register_new_resolver("hd.dataset", dataset_path, replace=True)
+
+
+def group_choice(group: str, _root_) -> str:
+    """The name of the config chosen for ``group`` (``student`` → ``painn_small``), for run names: Hydra's record of
+    the choice (the command line, ``hd.compose``); a config composed otherwise: the group's ``name``, else its class
+    (``PaiNN`` → ``painn``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_node = _root_.get("hydra") if "hydra" in _root_ else None
+    if hydra_node is None and HydraConfig.initialized():
+        hydra_node = HydraConfig.get()
+    choice = OmegaConf.select(hydra_node, f"runtime.choices.{group}", default=None) if hydra_node is not None else None
+    if choice is not None:
+        return str(choice)
+    node = _root_[group]
+    return str(node.get("name") or str(node.get("_target_", group)).rsplit(".", 1)[-1].lower())
+
+
+MAX_DIRNAME = 120  # characters: file systems allow 255 per path component; a sweep's folder listing stays readable
+
+
+def sweep_dirname(name: str, overrides: str = "") -> str:
+    """A sweep job's folder name: ``name`` (e.g. ``painn_small-hessian``) and its overrides (``seed=1,rows=2``, Hydra's
+    ``job.override_dirname``), with path separators replaced; a longer name is cut and given a hash of the whole, so
+    two jobs never share a folder."""
+    import hashlib
+
+    whole = f"{name}-{overrides}" if overrides else name
+    whole = whole.replace("/", "_").replace("\\", "_")
+    if len(whole) <= MAX_DIRNAME:
+        return whole
+    return f"{whole[:MAX_DIRNAME - 9]}-{hashlib.sha1(whole.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("hd.choice", group_choice, replace=True)
+OmegaConf.register_new_resolver("hd.dirname", sweep_dirname, replace=True)
+
+
+def evaluation_dir(run, checkpoint, split, otherwise: str) -> str:
+    """``hessdistill-evaluate``'s folder: inside the training run it evaluates (``evaluation.run_folder``), else
+    ``otherwise``."""
+    from hessdistill.evaluation.run_folder import evaluation_dir as inside_run
+
+    return str(inside_run(run, checkpoint, split) or otherwise)
+
+
+OmegaConf.register_new_resolver("hd.evaluation_dir", evaluation_dir, replace=True)

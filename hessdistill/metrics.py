@@ -42,3 +42,15 @@ def batch_metrics(energy: Tensor, forces: Tensor, batch, student_rows: Tensor | 
         teacher = energy_force_metrics(batch.teacher_energy, batch.teacher_forces, batch, lambda_energy, lambda_forces)
         out.update({f"teacher_{k}": v for k, v in teacher.items()})
     return out
+
+
+NAMES = {"energy_mae": "energy MAE", "force_mae": "force MAE", "hessian_mae": "Hessian-row MAE", "loss_ef": "L_EF"}
+
+
+def metric_label(name: str) -> str:
+    """A metric's name for a table header, with its unit: ``force_mae`` → ``force MAE (meV/Å)``,
+    ``teacher_energy_mae`` → ``teacher energy MAE (meV/atom)``; a name it does not know comes back as it is."""
+    base = name.removeprefix("teacher_")
+    if base not in NAMES:
+        return name
+    return f"{'teacher ' if base != name else ''}{NAMES[base]} ({UNITS[base]})"

@@ -1,15 +1,18 @@
 """``hessdistill-evaluate``: one command for a trained student and its teacher on the same split.
 
-    hessdistill-evaluate run=outputs/demo_hcno-hessian/<time>    # that run's teacher, subset, split, checkpoint
+    hessdistill-evaluate run=outputs/demo_hcno/painn_small-hessian/<time>   # that run's teacher, subset, split, ckpt
     hessdistill-evaluate run=<dir> teacher=mace teacher.model=<file>   # a teacher that loads a model file: yours
-    hessdistill-evaluate checkpoint=outputs/demo_hcno-hessian/<time>/checkpoints/last.ckpt
+    hessdistill-evaluate run=<dir> md.enabled=true relax.enabled=true spectra.enabled=true   # every section
+    hessdistill-evaluate checkpoint=<run dir>/checkpoints/best.ckpt
 
-Writes into the run directory: ``metrics.json`` (everything), ``metrics.csv`` and ``metrics.md`` (the tables),
-``parity.png`` (energy and force parity, student and teacher), ``md.png`` and ``spectra.png``. Sections: accuracy
-on the split (energy meV/atom, force meV/Å, Hessian-row eV/Å²), speed (structures/s and ns/day at batch 64 and at
-the throughput-maximising batch, student vs teacher), NVT stability and NVE drift (ASE, one run per structure, or
-``md.engine=torch_sim``: replicas in one batch, plus MD throughput in ns/day per trajectory), FIRE relaxation judged
-by the teacher, and harmonic spectra.
+Writes into the training run's folder, ``<run>/evaluation/<split>/`` (another checkpoint than its last.ckpt:
+``<split>-<checkpoint name>/``; outputs/evaluate/<time>/ for a checkpoint outside a run folder): ``metrics.json``
+(everything), ``metrics.csv`` and ``metrics.md`` (the tables), ``parity.png`` (energy and force parity, student and
+teacher), ``md.png`` and ``spectra.png``. Sections, by default only the fast ones: accuracy on the split (energy
+meV/atom, force meV/Å, Hessian-row eV/Å²; seconds) and speed (structures/s and ns/day at batch 64 and at the
+throughput-maximising batch, student vs teacher; well under a minute). Opt-in (``<section>.enabled=true``, minutes
+each): FIRE relaxation judged by the teacher, NVT stability and NVE drift (ASE, one run per structure, or
+``md.engine=torch_sim``: replicas in one batch, plus MD throughput in ns/day per trajectory), and harmonic spectra.
 
 A run folder and a checkpoint are data (``evaluation.run_folder``, ``evaluation.checkpoint``): their teacher and
 student are rebuilt through hessdistill's registry, and a teacher that would load code from a file the run names (a
@@ -72,10 +75,26 @@ def with_training_run(cfg: DictConfig) -> tuple[DictConfig, RunTeacher | None]:
     return cfg, trained.teacher
 
 
+def planned_sections(cfg: DictConfig) -> str:
+    """What an evaluation with ``cfg`` runs and roughly what each section costs, and what it leaves out."""
+    cost = {"speed": f"{cfg.speed.structures} structures up to batch {cfg.speed.max_batch}, student and teacher: "
+                     f"well under a minute",
+            "relax": f"{cfg.relax.count} FIRE relaxations per model: about a minute",
+            "md": f"{cfg.md.count} structures × {cfg.md.steps} NVT + {cfg.md.nve_steps} NVE steps per model "
+                  f"({cfg.md.engine}): minutes",
+            "spectra": f"{cfg.spectra.count} relaxations and Hessians per model: minutes"}
+    on = [f"{name} ({what})" for name, what in cost.items() if cfg[name].enabled]
+    off = [name for name in cost if not cfg[name].enabled]
+    return (f"evaluating {cfg.checkpoint} on the {cfg.split} split: accuracy (seconds)"
+            + "".join(f", {section}" for section in on)
+            + (f"; not run: {', '.join(off)} (each switched on by <section>.enabled=true, minutes)" if off else ""))
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
     cfg, run_teacher = with_training_run(cfg)
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is not a split name; choose one of {', '.join(SPLITS)}")
+    log.info("%s → %s", planned_sections(cfg), output_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)

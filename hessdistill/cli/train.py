@@ -8,12 +8,17 @@ callbacks and trainer are all Hydra ``_target_`` objects; this command only wire
 run reads follows from what its loss terms declare (``training.terms``), from the store or, with
 ``teacher_mode=online``, from the teacher during training.
 
+Shows a progress bar (epoch, training loss, validation force and energy MAE; one line per epoch when stdout is not a
+terminal), logs each λ_KD halving and learning-rate reduction, and ends with a table of the test metrics (units
+included) and where the run's files are (``summary.md``).
+
 Writes ``metrics.json`` (test metrics of the EMA weights of ``test_ckpt``: the last checkpoint's, or with
 ``stopping=early`` the best one's; student and teacher), ``splits.json`` (the exact
 split; point ``subset.split_file`` at it to reuse it), ``run_info.json`` (git commit, package versions) and
 ``config.yaml`` (the resolved config, which ``hessdistill-evaluate run=<dir>`` reads) into the run directory, and,
 from the tested checkpoint (``checkpoints/last.ckpt`` or ``best.ckpt``), ``deployed.pt``: the student as a metatomic
-model file for ASE, LAMMPS and torch-sim (``deploy.enabled``; ``hessdistill-deploy``).
+model file for ASE, LAMMPS and torch-sim (``deploy.enabled``; ``hessdistill-deploy``), and ``learning_curves.png``
+(validation force MAE and training loss per epoch, from the CSV log).
 Checkpoints are written to a side file and renamed into place (a full disk never leaves a truncated one) and record
 the student as its registry key and plain arguments (``hessdistill.registry``).
 ``ckpt_path=…/last.ckpt`` resumes a run where it stopped (weights, optimiser, EMA, λ_KD halvings; shuffles and rows
@@ -25,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import hydra
@@ -45,6 +51,7 @@ from hessdistill.evaluation.run_folder import RUN_CONFIG, TEST_CHECKPOINTS
 from hessdistill.training.checkpoint_io import ReplacingCheckpointIO
 from hessdistill.training.memory_check import check_training_memory
 from hessdistill.training.module import DistillModule
+from hessdistill.training.run_summary import summary_table
 from hessdistill.training.terms import Loss
 
 log = logging.getLogger(__name__)
@@ -130,13 +137,17 @@ def write_run_info(output_dir: Path) -> dict:
 
 
 def make_callbacks(cfg: DictConfig, output_dir: str) -> list[L.Callback]:
-    """The configured callbacks; a checkpoint callback without a dirpath writes into ``<run dir>/checkpoints``."""
+    """The configured callbacks; a checkpoint callback without a dirpath writes into ``<run dir>/checkpoints``; a
+    progress bar only where the trainer shows one (``trainer.enable_progress_bar``)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
     out = []
     for config in cfg.callbacks.values():
         extra = {"dirpath": str(Path(output_dir) / "checkpoints")} if "dirpath" in config and config.dirpath is None \
             else {}
         out.append(hydra.utils.instantiate(config, **extra))
-    return out
+    shown = cfg.trainer.get("enable_progress_bar", True)
+    return [c for c in out if shown or not isinstance(c, ProgressBar)]
 
 
 def trainer_plugins(config: DictConfig) -> list:
@@ -148,15 +159,20 @@ def trainer_plugins(config: DictConfig) -> list:
     return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, ReplacingCheckpointIO()]
 
 
+OPTIONAL_LOGGERS = ("wandb", "tensorboard")  # loggers whose package is an extra of the same name
+
+
 def instantiate_logger(config: DictConfig, output_dir: str):
-    """A configured logger writing into ``output_dir`` unless its ``save_dir`` says otherwise; wandb, an optional
-    dependency, is named with the extra that installs it when missing."""
+    """A configured logger writing into ``output_dir`` unless its ``save_dir`` says otherwise; wandb and tensorboard,
+    optional dependencies, are named with the extra that installs them when missing."""
     extra = {"save_dir": output_dir} if config.get("save_dir") is None else {}
     try:
         return hydra.utils.instantiate(config, **extra)
     except Exception as exc:  # Hydra wraps the logger's own ModuleNotFoundError
-        if "wandb" in config._target_.lower() and isinstance(exc.__cause__, ImportError):
-            raise ModuleNotFoundError(f"logger=wandb needs wandb ({exc.__cause__}): pip install 'hessdistill[wandb]'") \
+        cause = exc.__cause__ or exc
+        name = next((n for n in OPTIONAL_LOGGERS if n in config._target_.lower()), None)
+        if name is not None and isinstance(cause, ImportError):
+            raise ModuleNotFoundError(f"logger={name} needs {name} ({cause}): pip install 'hessdistill[{name}]'") \
                 from exc
         raise
 
@@ -192,7 +208,26 @@ def deploy_after_training(checkpoint: str, dtype: str | None) -> str | None:
         return None
 
 
+def write_learning_curves(trainer: L.Trainer, output_dir: str, title: str) -> str | None:
+    """``<run dir>/learning_curves.png`` from the run's CSV log (``logger=csv``, ``tensorboard``, ``wandb`` keep one);
+    None, with a log line, when there is none or the figure fails (the run's results stand)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from hessdistill.evaluation.learning_curves import write_learning_curves as write
+
+    logs = [Path(lg.log_dir) / "metrics.csv" for lg in trainer.loggers if isinstance(lg, CSVLogger)]
+    if not logs or not logs[0].is_file():
+        log.info("no learning curves: the run has no CSV log (add a CSVLogger to logger)")
+        return None
+    try:
+        return str(write(Path(output_dir) / "learning_curves.png", [logs[0]], title))
+    except Exception as exc:  # noqa: BLE001 (a figure never costs a trained student)
+        log.warning("could not draw the learning curves from %s (%s: %s)", logs[0], type(exc).__name__, exc)
+        return None
+
+
 def run(cfg: DictConfig, output_dir: str) -> dict:
+    started = time.monotonic()
     L.seed_everything(cfg.seed, workers=True)
     check_numbers(cfg)
     test_ckpt = cfg.get("test_ckpt", "last")
@@ -243,15 +278,19 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if trainer.is_global_zero:
         if cfg.deploy.enabled:
             result["deployed"] = deploy_after_training(result["checkpoint"], cfg.deploy.dtype)
+        result["learning_curves"] = write_learning_curves(trainer, output_dir, cfg.run_name)
+        result["wall_time_s"] = time.monotonic() - started
         Path(output_dir, "metrics.json").write_text(json.dumps(result, indent=2))
-        log.info("metrics written to %s", Path(output_dir, "metrics.json"))
+        Path(output_dir, "summary.md").write_text(summary_table(result) + "\n")
     return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
     torch.set_float32_matmul_precision("high")
-    run(cfg, HydraConfig.get().runtime.output_dir)
+    result = run(cfg, HydraConfig.get().runtime.output_dir)
+    if "wall_time_s" in result:  # the process that wrote the run's files
+        log.info("\n%s", summary_table(result))
 
 
 if __name__ == "__main__":

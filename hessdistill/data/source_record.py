@@ -61,11 +61,22 @@ def source_record(source: DictConfig) -> dict:
     return record
 
 
+def _defaults(reader: str) -> dict:
+    """The reader's keyword defaults (empty when it cannot be inspected)."""
+    try:
+        parameters = inspect.signature(hydra.utils.get_method(reader)).parameters.values()
+    except (TypeError, ValueError, ImportError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def _differences(old: dict, new: dict) -> list[str]:
     out = [f"reader {old['reader']} -> {new['reader']}"] if old["reader"] != new["reader"] else []
     was, now = old["arguments"], new["arguments"]
+    # an argument the reader gained since the store was built reads what the store read while it keeps its default
+    added = {key for key, value in _defaults(new["reader"]).items() if key not in was and now.get(key) == value}
     out += [f"{key} {was.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(was) | set(now))
-            if was.get(key) != now.get(key)]
+            if was.get(key) != now.get(key) and key not in added]
     if "sha1" in old and "sha1" in new and (old["size"], old["sha1"]) != (new["size"], new["sha1"]):
         out.append(f"file content ({old['size']} bytes modified {old['modified']}, sha1 {old['sha1'][:12]} -> "
                    f"{new['size']} bytes modified {new['modified']}, sha1 {new['sha1'][:12]})")

@@ -117,28 +117,23 @@ class Structure:
                 f"positions not in Å (check the source's length_unit)")
 
     @classmethod
-    def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0,
-                   length_unit: float = 1.0) -> Structure:
+    def from_atoms(cls, atoms, source: str = "<atoms>", energy_unit: float = 1.0, length_unit: float = 1.0,
+                   energy_key: str = "energy", forces_key: str = "forces") -> Structure:
         """Build from ASE Atoms; labels taken from an attached calculator's results or ``atoms.info``/``arrays``.
 
-        energy_unit / length_unit: factors converting the file's units to eV and Å.
+        energy_unit / length_unit: factors converting the file's units to eV and Å. energy_key / forces_key: the
+        names of the labels (a calculator result, else ``atoms.info[energy_key]`` and ``atoms.arrays[forces_key]``),
+        e.g. ``REF_energy`` and ``REF_forces`` in MACE-style extxyz files.
         """
-        energy = forces = None
-        calc = atoms.calc
-        if calc is not None and "energy" in calc.results:
-            energy = float(calc.results["energy"])
-        elif "energy" in atoms.info:
-            energy = float(atoms.info["energy"])
-        if calc is not None and "forces" in calc.results:
-            forces = np.array(calc.results["forces"])
-        elif "forces" in atoms.arrays:
-            forces = np.array(atoms.arrays["forces"])
+        results = atoms.calc.results if atoms.calc is not None else {}
+        energy = results.get(energy_key, atoms.info.get(energy_key))
+        forces = results.get(forces_key, atoms.arrays.get(forces_key))
         if energy is not None:
-            energy *= energy_unit
+            energy = float(energy) * energy_unit
         if forces is not None:
-            forces = forces * energy_unit / length_unit
+            forces = np.array(forces) * energy_unit / length_unit
         info = {k: v for k, v in atoms.info.items()
-                if k != "energy" and isinstance(v, (str, int, float, np.integer, np.floating))}
+                if k not in ("energy", energy_key) and isinstance(v, (str, int, float, np.integer, np.floating))}
         return cls(
             z=atoms.numbers,
             positions=atoms.positions * length_unit,

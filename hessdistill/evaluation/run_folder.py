@@ -84,6 +84,19 @@ def tested_checkpoint(config: dict, path: Path) -> str:
     return name
 
 
+def evaluation_dir(run: str | Path | None, checkpoint: str | Path | None, split: str) -> Path | None:
+    """Where an evaluation of a training run goes: ``<run>/evaluation/<split>`` (another checkpoint than the run's
+    ``last.ckpt``: ``<split>-<checkpoint name>``), the run being ``run`` or the run folder whose ``checkpoints/``
+    holds ``checkpoint``. None when neither names a run folder (one with a ``config.yaml``)."""
+    checkpoint = Path(checkpoint) if checkpoint else None
+    if run is None and checkpoint is not None and checkpoint.parent.name == "checkpoints":
+        run = checkpoint.parent.parent
+    if run is None or not (Path(run) / RUN_CONFIG).is_file():
+        return None
+    name = split if checkpoint is None or checkpoint.name == "last.ckpt" else f"{split}-{checkpoint.stem}"
+    return Path(run) / "evaluation" / name
+
+
 def read_run_config(run_dir: Path) -> dict:
     """The run's ``config.yaml`` as plain containers (FileNotFoundError when ``run_dir`` is not a run folder)."""
     path = run_dir / RUN_CONFIG

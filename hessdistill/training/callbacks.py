@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 
 from hessdistill.losses import per_structure_sum
+
+log = logging.getLogger(__name__)
 
 
 class HalveKDWeight(L.Callback):
@@ -38,8 +42,14 @@ class HalveKDWeight(L.Callback):
         if student is None or teacher is None:
             return
         if float(student) <= (1.0 + self.margin) * float(teacher):
-            pl_module.loss.set_weight(self.term, pl_module.loss.weight(self.term) / 2.0)
+            before = pl_module.loss.weight(self.term)
+            pl_module.loss.set_weight(self.term, before / 2.0)
             self.halvings += 1
+            if trainer.is_global_zero:
+                log.info("after epoch %d: the student's val/%s %.4g ≤ %sthe teacher's %.4g: λ of %s halved %.4g → %.4g "
+                         "(halving %d of at most %d)", trainer.current_epoch + 1, self.metric, float(student),
+                         f"(1 + {self.margin:g}) × " if self.margin else "", float(teacher), self.term, before,
+                         before / 2.0, self.halvings, self.max_halvings)
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self._applies(pl_module):

@@ -109,6 +109,7 @@ class DistillModule(L.LightningModule):
                 f"{ {k: float(v) for k, v in values.items()} }; structures {batch.idx.tolist()}): check those "
                 f"structures' labels, or lower the learning rate or a term's weight")
         self.log("train/loss", loss, batch_size=n, prog_bar=True)
+        self.log("train/epoch_loss", loss, batch_size=n, on_step=False, on_epoch=True)  # the learning curve's
         for name, value in values.items():
             self.log(f"train/{name}", value, batch_size=n)
             self.log(f"train/weight_{name}", self.loss.weight(name), batch_size=n)

@@ -220,7 +220,8 @@ def test_paper_experiments_compose_with_the_papers_values(name):
     t = cfg.distill.terms
     assert (t.energy.weight, t.forces.weight, t.hessian.weight, t.energy_grad.weight) == (w_u, w_f, w_kd, w_grad)
     assert cfg.subset.batch_size == batch and t.hessian.rows == rows and cfg.student.cutoff == cutoff
-    assert cfg.trainer.accelerator == "gpu" and cfg.run_name == f"paper-{name}-hessian"
+    assert cfg.trainer.accelerator == "gpu" and cfg.run_name.startswith(f"{name}/paper-")
+    assert cfg.run_name.endswith("-hessian") and cfg.callbacks.ema.decay == 0.999  # paper Table 8
     assert cfg.student._target_.endswith("GemNet" if name.startswith("md22") else "PaiNN")  # the paper's students
     assert "hessian" not in baseline.distill.terms and baseline.distill.terms.forces.weight == w_f
     assert pre.subset.store == cfg.subset.store == f"stores/{name}.h5"

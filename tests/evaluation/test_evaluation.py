@@ -183,7 +183,8 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
                                              "speed.batch_size=4", "speed.max_batch=8", "speed.repeat=1",
                                              "speed.structures=4", "relax.count=1", "spectra.count=1",
                                              "md.count=1", "md.steps=30", "md.nve_steps=30",
-                                             "spectra.fmax=0.01"])
+                                             "spectra.fmax=0.01", "md.enabled=true", "relax.enabled=true",
+                                             "spectra.enabled=true"])   # opt-in sections (minutes by default)
     result = evaluate(cfg, str(tmp_path / "eval"))
     out = tmp_path / "eval"
     assert sorted(p.name for p in out.iterdir()) == ["md.png", "metrics.csv", "metrics.json", "metrics.md",

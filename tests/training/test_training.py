@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from conftest import compose_config, distill_terms
 from hessdistill.data.datamodule import StoreDataModule
 from hessdistill.data.labels import StoredLabels
 from hessdistill.data.store import StoreError, write_structures
+from hessdistill.evaluation.sweeps import summarize
 from hessdistill.training.callbacks import HalveKDWeight
 from hessdistill.training.module import DistillModule
 
@@ -125,7 +127,7 @@ def test_loss_terms_declare_what_they_need():
 # ---- λ_KD halving ------------------------------------------------------------------------------------------
 def halving_setup(student: float, teacher: float, sanity: bool = False, hessian: float = 400.0):
     module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms(hessian=hessian))
-    trainer = SimpleNamespace(sanity_checking=sanity, callback_metrics={
+    trainer = SimpleNamespace(sanity_checking=sanity, is_global_zero=True, current_epoch=0, callback_metrics={
         "val/loss_ef": torch.tensor(student), "val/teacher_loss_ef": torch.tensor(teacher)})
     return module, trainer
 
@@ -152,7 +154,7 @@ def test_halve_kd_weight_halves_once_when_student_beats_teacher():
 def test_halve_kd_weight_margin_and_equality():
     callback = HalveKDWeight(metric="force_mae", margin=0.05, max_halvings=2)
     module = DistillModule({**TINY_STUDENT, "force_mode": "direct"}, distill_terms(hessian=100.0))
-    trainer = SimpleNamespace(sanity_checking=False, callback_metrics={
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=0, callback_metrics={
         "val/force_mae": torch.tensor(10.6), "val/teacher_force_mae": torch.tensor(10.0)})
     callback.on_validation_end(trainer, module)
     assert module.loss.weight("hessian") == 100.0  # 10.6 > 1.05 · 10
@@ -222,7 +224,7 @@ def test_cli_run_writes_metrics_json(labelled_store, tmp_path, monkeypatch):
 def test_distill_overrides_compose(distill):
     cfg = compose_train(["experiment=demo", f"distill={distill}", "weights.hessian=100", "weights.forces=50"])
     terms = cfg.distill.terms
-    assert cfg.distill.name == distill and cfg.run_name == f"demo_hcno-{distill}"
+    assert cfg.distill.name == distill and cfg.run_name == f"demo_hcno/painn-{distill}"  # class: no Hydra record
     assert terms.energy.weight == 5.0 and terms.forces.weight == 50.0 and terms.energy_grad.weight == 5.0
     assert ("hessian" in terms) == (distill == "hessian") and ("force_kd" in terms) == (distill == "force_kd")
     if distill == "hessian":
@@ -257,7 +259,9 @@ def test_cli_refuses_kd_without_teacher_labels(tmp_path):
 
 
 def test_cli_multirun_subprocess(labelled_store, tmp_path):
-    """The real entry point: ``--multirun distill=undistilled,force_kd`` writes one metrics.json per job."""
+    """The real entry point: ``--multirun distill=undistilled,force_kd`` writes one metrics.json per job, in folders
+    named by student and what the sweep varies; it shows each epoch's validation MAE, ends each run with a table in
+    units, and hessdistill-summarize tables the sweep."""
     sweep = tmp_path / "multirun"
     cmd = [sys.executable, "-m", "hessdistill.cli.train", "--multirun", "experiment=demo",
            "distill=undistilled,force_kd", f"subset.store={labelled_store}", "trainer.max_epochs=1",
@@ -266,10 +270,19 @@ def test_cli_multirun_subprocess(labelled_store, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = {p.parent.name: json.loads(p.read_text()) for p in sweep.rglob("metrics.json")}
-    assert sorted(metrics) == ["demo_hcno-force_kd-1", "demo_hcno-undistilled-0"]
+    # student-distill; the overrides set to one value (experiment, store, sizes) are not repeated in every name
+    assert sorted(metrics) == ["painn_small-force_kd", "painn_small-undistilled"]
+    assert len(re.findall(r"^epoch 1/1: loss \S+, val force MAE [\d.]+ meV/Å, val energy MAE [\d.]+ meV/atom",
+                          proc.stdout, re.MULTILINE)) == 2
+    assert proc.stdout.count("| force MAE (meV/Å)") == 2  # each run's closing table
     for name, m in metrics.items():
         assert m["distill"] in name and m["epochs"] == 1 and "hessian" not in m["final_weights"]
         assert "test/hessian_mae" in m["test"]  # the teacher's rows are still evaluated when present
+    summary = summarize(sweep)
+    assert summary.varied == ["distill"] and [g["distill"] for g in summary.groups] == ["force_kd", "undistilled"]
+    for group in summary.groups:
+        assert group["n"] == 1 and group["force_mae_mean"] == metrics[f"painn_small-{group['distill']}"]["test"][
+            "test/force_mae"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multirun"]
 
 
