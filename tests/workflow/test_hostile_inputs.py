@@ -265,7 +265,7 @@ def test_a_20000_atom_structure_is_refused_before_prediction_allocates(tmp_path)
     from hessdistill.hessian.footprint import MemoryEstimateError
     from hessdistill.integrations.predict import predict_file
 
-    student = hydra.utils.instantiate(compose_config("train", []).student).float()
+    student = hydra.utils.instantiate(compose_config("train", ["student=painn"]).student).float()
     path, out = tmp_path / "big.xyz", tmp_path / "out.xyz"
     carbon_block(20_000).to_atoms().write(path)
     message = (rf"^predicting {re.escape(str(path))}\[frame 0\] \(20000 atoms, \d+ neighbour pairs within 12.0 Å\) "
