@@ -5,6 +5,7 @@ teacher's energies, forces and Hessians. Rerunning resumes where a killed run st
     hessdistill-precompute teacher=mace subset=... shard=2/8        # one of 8 processes/GPUs (array job)
     hessdistill-precompute teacher=mace subset=... merge_shards=8   # join the 8 shard files into the store
     hessdistill-precompute teacher=mace subset=... storage.compression=gzip   # pack the finished store
+    hessdistill-precompute teacher=mace_mp subset=... reference=teacher   # structures without DFT labels
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ import hydra
 from omegaconf import DictConfig
 
 from hessdistill.config import CONFIG_DIR
+from hessdistill.data.labels import labels_required
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
 from hessdistill.devices import resolve_device, shard_device
 from hessdistill.teacher_step.run import precompute_teacher
 from hessdistill.teacher_step.shards import merge_shards, open_shard, parse_shard, shard_indices
+from hessdistill.teachers import instantiate_teacher
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    store = HessianStore(build_store(cfg.subset), mode="a")
+    store = HessianStore(build_store(cfg.subset, require_labels=labels_required(cfg.reference)), mode="a")
     if cfg.merge_shards:
         merged = merge_shards(store, cfg.teacher.name, int(cfg.merge_shards))
         store.close()
@@ -39,7 +42,7 @@ def run(cfg: DictConfig) -> dict:
         indices, target = shard_indices(len(store), i, n), open_shard(store, cfg.teacher.name, i, n)
         device = shard_device(cfg.device, i)
         store.close()
-    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
+    teacher = instantiate_teacher(cfg.teacher).to(device)
     st = cfg.storage
     result = precompute_teacher(target, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
                                 layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed,
