@@ -1,6 +1,7 @@
 """Students against the teachers users really distil, on speed: MACE models with the *published* hyper-parameters of
 MACE-OFF23 small / medium / large and MACE-MP-0 small / medium / large, with random weights ("shape-matched": no
-foundation-model weights can be had offline, and speed does not depend on weight values).
+MACE foundation-model weights can be had offline, and speed does not depend on weight values), and materials
+teachers with their real weights (CHGNet, SevenNet-0).
 
 Published hyper-parameters (all: 2 interactions, correlation order 3 (body order 4), spherical harmonics up to
 l = 3 in the messages, polynomial cutoff envelope p = 5, readout MLP 16×0e):
@@ -11,6 +12,11 @@ l = 3 in the messages, polynomial cutoff envelope p = 5, readout MLP 16×0e):
     2023-12-03-mace-128-L1.sh, 2024-01-07-mace-128-L2.sh): ScaleShiftMACE, 89 elements, 10 Bessel functions,
     cutoff 6.0 Å, 128 channels; small L = 0, medium L = 1, large L = 2.
 
+Real materials teachers with their published weights, which ship in their wheels and so run here: CHGNet 0.3.0
+(``--real chgnet``) and SevenNet-0 (``--real sevennet``), timed through the same ``energy_forces`` protocol as the
+students (their own graph construction inside every call). Give them periodic cells: ``--structures FILE --count N``
+(e.g. the GeSbTe DFT cells; the MACE-OFF shape-matched models do not cover Ge, Sb, Te: ``--teachers`` with no names).
+
 Teachers and students build their radius graph the same way (vesin, batched) inside every call, so both are timed on
 the same work: energies and forces from positions. Reported per model: structures/s and ns/day at batch 64 and at
 the throughput-maximising batch (``hessdistill.evaluation.speed``), and MD ns/day per trajectory with torch-sim
@@ -20,6 +26,10 @@ figure's best pass; compare the ratios of one run.
 
     OMP_NUM_THREADS=1 python benchmarks/shape_matched_teachers.py [--teachers off_small off_medium off_large mp_small]
         [--students painn painn_small gemnet_dt] [--device cpu] [--max-batch 256] [--md-steps 3] [--passes 2]
+    OMP_NUM_THREADS=1 python benchmarks/shape_matched_teachers.py --teachers --real chgnet sevennet \
+        --structures gesbte_dft_200.xyz --count 8 --max-batch 64 --repeat 1 --md-steps 2 \
+        --student-overrides student.cutoff=6.0      # materials students: the paper's MPtrj cutoff (PaiNN's 12 Å is
+                                                    # SPICE's: ~50 GB at batch 64 of 81-atom GeSbTe cells)
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ SPECS = {  # name → (label, elements, channels, L, cutoff Å, Bessel functions
     "mp_medium": ("MACE-MP-0 medium", MP_ELEMENTS, 128, 1, 6.0, 10, True),
     "mp_large": ("MACE-MP-0 large", MP_ELEMENTS, 128, 2, 6.0, 10, True),
 }
+REAL = {"chgnet": "CHGNet 0.3.0", "sevennet": "SevenNet-0"}  # conf/teacher/<key>.yaml → label
 
 
 class ShapeMatchedMACE(nn.Module):
@@ -108,9 +119,17 @@ def check_against_mace_pipeline(teacher: ShapeMatchedMACE, structures) -> float:
     return max(float((e_ours - e_mace.double()).abs().max()), float((f_ours - f_mace.double()).abs().max()))
 
 
-def build_student(name: str):
+def build_real_teacher(name: str):
+    """A teacher with its real published weights, from its config (``conf/teacher/<name>.yaml``)."""
+    from hessdistill.teachers import instantiate_teacher
+
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"student={name}"]).student
+        return instantiate_teacher(compose("precompute", overrides=[f"teacher={name}"]).teacher)
+
+
+def build_student(name: str, overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"student={name}", *overrides]).student
     torch.manual_seed(0)
     return hydra.utils.instantiate(cfg).eval()
 
@@ -129,7 +148,12 @@ def measure(model, structures, atoms, max_batch: int, md_steps: int, repeat: int
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teachers", nargs="+", default=["off_small", "off_medium", "off_large"], choices=sorted(SPECS))
+    p.add_argument("--teachers", nargs="*", default=["off_small", "off_medium", "off_large"], choices=sorted(SPECS))
+    p.add_argument("--real", nargs="*", default=[], choices=sorted(REAL), help="teachers with their real weights")
+    p.add_argument("--structures", default=None, help="an ASE-readable file of structures (default: the demo set)")
+    p.add_argument("--count", type=int, default=30, help="structures taken from it, evenly spaced")
+    p.add_argument("--student-overrides", nargs="*", default=[],
+                   help="Hydra overrides for every student, e.g. student.cutoff=6.0 (the paper's MPtrj cutoff)")
     p.add_argument("--students", nargs="+", default=["painn", "painn_small", "gemnet_dt"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="students and teachers alike")
@@ -140,10 +164,12 @@ def main() -> None:
     args = p.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     max_batch = args.max_batch or (8192 if device.type == "cuda" else 256)
-    structures = read_ase(DEMO)[::6]  # 30 structures across the demo's six molecules
+    frames = list(read_ase(args.structures or DEMO, require_labels=False))
+    structures = frames[:: max(1, len(frames) // args.count)][: args.count]  # the demo: 30 across its six molecules
     atoms = structures[0].to_atoms()
-    print(f"device {device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); demo "
-          f"molecules of {min(s.n_atoms for s in structures)}–{max(s.n_atoms for s in structures)} atoms; MD on "
+    print(f"device {device}, {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"{len(structures)} structures of {args.structures or 'the demo set'} with "
+          f"{min(s.n_atoms for s in structures)}–{max(s.n_atoms for s in structures)} atoms; MD on "
           f"{atoms.get_chemical_formula()}")
     models = {}
     for name in args.teachers:
@@ -152,8 +178,11 @@ def main() -> None:
         assert error < 1e-8, f"{name}: the vesin-graph wrapper differs from mace-torch's pipeline by {error:.2e}"
         label = f"{teacher.label} (shape-matched, {sum(q.numel() for q in teacher.parameters()) / 1e6:.2f}M)"
         models[label] = teacher.to(device=device, dtype=dtype)
+    for name in args.real:  # in the precision they were trained and ship in (float32)
+        teacher = build_real_teacher(name).to(device)
+        models[f"{REAL[name]} (real weights, {sum(q.numel() for q in teacher.parameters()) / 1e6:.2f}M)"] = teacher
     for name in args.students:
-        student = build_student(name).to(device=device, dtype=dtype)
+        student = build_student(name, args.student_overrides).to(device=device, dtype=dtype)
         models[f"student {name} ({student.force_mode}, {sum(q.numel() for q in student.parameters()) / 1e6:.2f}M)"] \
             = student
     passes = {label: [] for label in models}
@@ -173,7 +202,7 @@ def main() -> None:
     if args.md_steps:
         ratio_keys += ["md_single_trajectory_ns_per_day", "md_per_trajectory_ns_per_day", "md_best_total_ns_per_day"]
     print("\nstudent/teacher speed ratios (" + " | ".join(ratio_keys) + ")")
-    teachers = [label for label in rows if "shape-matched" in label]
+    teachers = [label for label in rows if "shape-matched" in label or "real weights" in label]
     for student in (label for label in rows if label.startswith("student")):
         for teacher in teachers:
             ratios = [rows[student][k] / rows[teacher][k] for k in ratio_keys]

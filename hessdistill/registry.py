@@ -221,6 +221,9 @@ PLUGINS = Registry("plugin", {"teacher_embeddings": "hessdistill.training.plugin
 TEACHERS = Registry("teacher", {
     "ani": "hessdistill.teachers.ani:ANITeacher",
     "mace": "hessdistill.teachers.mace:MACETeacher",
+    "mace_foundation": "hessdistill.teachers.mace:MACEFoundationTeacher",
+    "sevennet": "hessdistill.teachers.sevennet:SevenNetTeacher",
+    "torchsim": "hessdistill.teachers.torchsim:TorchSimTeacher",
     "chgnet": "hessdistill.teachers.chgnet:CHGNetTeacher",
     "finite_difference": "hessdistill.teachers.finite_difference:FiniteDifferenceTeacher",
     "finite_difference_of": "hessdistill.teachers.finite_difference:FiniteDifferenceTeacher.from_teacher",

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, open_dict
 
 from hessdistill.config import CONFIG_DIR
 from hessdistill.data.datamodule import StoreDataModule
-from hessdistill.data.labels import StoredLabels
+from hessdistill.data.labels import StoredLabels, check_reference
 from hessdistill.data.splits import SPLITS
 from hessdistill.data.store import HessianStore
 from hessdistill.devices import resolve_device
@@ -44,6 +44,7 @@ from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
 from hessdistill.evaluation.relax import relaxation_report, spectra_report
 from hessdistill.evaluation.run_folder import RunTeacher, training_run
 from hessdistill.evaluation.speed import speed_report
+from hessdistill.teachers import instantiate_teacher
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def with_training_run(cfg: DictConfig) -> tuple[DictConfig, RunTeacher | None]:
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.subset = trained.subset
+        cfg.reference = trained.reference
         cfg.split_file = cfg.split_file or str(trained.split_file)
         cfg.checkpoint = cfg.checkpoint or str(trained.checkpoint)
     return cfg, trained.teacher
@@ -100,13 +102,19 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     device = resolve_device(cfg.device)
     student = load_student(cfg.checkpoint, device)
     # the run folder's teacher from its record; the user's own config otherwise (code they vouch for)
-    teacher = (run_teacher.build() if run_teacher is not None else hydra.utils.instantiate(cfg.teacher)).to(device)
+    teacher = (run_teacher.build() if run_teacher is not None else instantiate_teacher(cfg.teacher)).to(device)
+    as_reference = cfg.reference == "teacher"  # the student is judged against the teacher's energies and forces
     with HessianStore(cfg.subset.store) as store:
+        check_reference(cfg.reference, store)
         labelled = store.is_complete(teacher.name)
+        if as_reference:
+            store.require_complete(teacher.name, f"hessdistill-precompute teacher={teacher.name} "
+                                                 f"subset={cfg.subset.name} reference=teacher")
     if not labelled:
         log.warning("%s has no complete labels from teacher %s: no teacher accuracy or Hessian-row MAE",
                     cfg.subset.store, teacher.name)
-    dm = StoreDataModule(store=cfg.subset.store, labels=StoredLabels(teacher.name) if labelled else None,
+    labels = StoredLabels(teacher.name, as_reference=as_reference) if labelled else None
+    dm = StoreDataModule(store=cfg.subset.store, labels=labels,
                          split=tuple(cfg.subset.split), split_seed=cfg.subset.split_seed,
                          split_by=cfg.subset.get("split_by"), split_file=cfg.split_file or cfg.subset.get("split_file"),
                          cutoff=student.cutoff, max_neighbors=student.max_neighbors, eval_rows=cfg.rows,
@@ -118,7 +126,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     accuracy = evaluate_split(student, dm.dataset(cfg.split), cfg.batch_size, weights.get("energy", 1.0),
                               weights.get("forces", 1.0))
     result = {"checkpoint": str(cfg.checkpoint), "store": str(cfg.subset.store), "split": cfg.split,
-              "teacher": teacher.name, "accuracy": accuracy["metrics"]}
+              "teacher": teacher.name, "reference": cfg.reference, "accuracy": accuracy["metrics"]}
     parity_plot(out / "parity.png", accuracy["arrays"], accuracy["metrics"],
                 f"{cfg.subset.name} {cfg.split} split ({len(indices)} structures)")
     structures = [dm.store.structure(int(i)) for i in indices]
@@ -208,8 +216,9 @@ def write_outputs(out: Path, result: dict) -> None:
         writer = csv.writer(handle)
         writer.writerow(["metric", "value"])
         writer.writerows(flat.items())
+    reference = f"the teacher {result['teacher']}" if result["reference"] == "teacher" else "the reference (DFT)"
     sections = [f"# Evaluation of {result['checkpoint']}\n", f"{result['store']}, {result['split']} split, teacher "
-                f"{result['teacher']}\n", "## Accuracy\n", markdown_table([result["accuracy"]])]
+                f"{result['teacher']}\n", f"## Accuracy against {reference}\n", markdown_table([result["accuracy"]])]
     if "speed" in result:
         rows = [{"model": who, **result["speed"][who]} for who in ("student", "teacher")]
         sections += ["\n## Speed\n", markdown_table(rows),

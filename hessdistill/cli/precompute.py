@@ -6,6 +6,7 @@ teacher's energies, forces and Hessians. Rerunning resumes where a killed run st
     hessdistill-precompute teacher=mace subset=... merge_shards=8   # join the 8 shard files into the store
     hessdistill-precompute teacher=mace subset=... storage.compression=gzip   # pack the finished store
     hessdistill-precompute subset=... verify=true   # check every block of the store against its content digests
+    hessdistill-precompute teacher=mace_mp subset=... reference=teacher   # structures without DFT labels
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hessdistill.config import CONFIG_DIR
+from hessdistill.data.labels import labels_required
 from hessdistill.data.store import HessianStore
 from hessdistill.data.store_compression import compress_store
 from hessdistill.data.subset import build_store
@@ -23,18 +25,20 @@ from hessdistill.devices import resolve_device, shard_device
 from hessdistill.hessian.footprint import check_teacher_hessians
 from hessdistill.teacher_step.run import precompute_teacher
 from hessdistill.teacher_step.shards import merge_shards, open_shard, parse_shard, shard_indices
+from hessdistill.teachers import instantiate_teacher
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
+    store_path = build_store(cfg.subset, require_labels=labels_required(cfg.reference))
     if cfg.get("verify"):
-        with HessianStore(build_store(cfg.subset)) as store:
+        with HessianStore(store_path) as store:
             checked = store.verify()
         log.info("%s matches its content digests (blocks checked per group; null: no digest): %s", store.path,
                  checked)
         return {"verified": checked}
-    store = HessianStore(build_store(cfg.subset), mode="a")
+    store = HessianStore(store_path, mode="a")
     if cfg.merge_shards:
         merged = merge_shards(store, cfg.teacher.name, int(cfg.merge_shards))
         store.close()
@@ -51,7 +55,7 @@ def run(cfg: DictConfig) -> dict:
         indices, target = shard_indices(len(store), i, n), open_shard(store, cfg.teacher.name, i, n)
         device = shard_device(cfg.device, i)
         store.close()
-    teacher = hydra.utils.instantiate(cfg.teacher).to(device)
+    teacher = instantiate_teacher(cfg.teacher).to(device)
     st = cfg.storage
     result = precompute_teacher(target, teacher, cfg.batch_size, cfg.chunk_size, cfg.row_strategy, cfg.symmetry_tol,
                                 layout=st.layout, dtype=st.dtype, rows_per_structure=st.rows, seed=st.seed,

@@ -6,7 +6,10 @@
 The config describes the run: the student, the loss terms (``distill``), the datamodule, optimizer, scheduler,
 callbacks and trainer are all Hydra ``_target_`` objects; this command only wires them. Which teacher labels the
 run reads follows from what its loss terms declare (``training.terms``), from the store or, with
-``teacher_mode=online``, from the teacher during training.
+``teacher_mode=online``, from the teacher during training. ``reference=teacher`` distils without DFT: the
+teacher's energies and forces stand in for the reference labels (the subset's structures may have none), so the
+energy and force terms and every metric compare against the teacher; ``distill=undistilled`` vs ``distill=hessian``
+is then the comparison of a student trained on the teacher's energies and forces alone vs with its Hessian rows too.
 
 Shows a progress bar (epoch, training loss, validation force and energy MAE; one line per epoch when stdout is not a
 terminal), logs each λ_KD halving and learning-rate reduction, and ends with a table of the test metrics (units
@@ -43,11 +46,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.augment.run import augmented
 from hessdistill.config import CONFIG_DIR
-from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels
+from hessdistill.data.labels import OnlineLabels, StoredLabels, TeacherLabels, check_reference, labels_required
 from hessdistill.data.store import HessianStore
 from hessdistill.data.subset import build_store
 from hessdistill.evaluation.checkpoint import check_resumable, load_student
 from hessdistill.evaluation.run_folder import RUN_CONFIG, TEST_CHECKPOINTS
+from hessdistill.teachers import instantiate_teacher
 from hessdistill.training.checkpoint_io import ReplacingCheckpointIO
 from hessdistill.training.memory_check import check_training_memory
 from hessdistill.training.module import DistillModule
@@ -61,26 +65,30 @@ TEACHER_MODES = ("precomputed", "online")
 
 def label_source(cfg: DictConfig, loss: Loss) -> TeacherLabels | None:
     """The run's one label source. Online: the teacher itself. Precomputed: the store's labels of the teacher, which
-    must be complete when a term compares against a teacher field; otherwise they are read when complete (teacher
-    metrics and λ_KD halving) and skipped when not (None)."""
+    must be complete when a term compares against a teacher field or the teacher is the reference; otherwise they
+    are read when complete (teacher metrics and λ_KD halving) and skipped when not (None)."""
     if cfg.teacher_mode not in TEACHER_MODES:
         raise ValueError(f"teacher_mode must be one of {TEACHER_MODES}, got {cfg.teacher_mode!r}")
+    as_reference = cfg.reference == "teacher"
     needed = sorted(field for field in loss.targets if field.startswith("teacher_"))
     if cfg.teacher_mode == "online":
-        source = OnlineLabels(hydra.utils.instantiate(cfg.teacher), cfg.teacher_row_strategy)
+        source = OnlineLabels(instantiate_teacher(cfg.teacher), cfg.teacher_row_strategy, as_reference)
     else:
         name = cfg.teacher.name
         with HessianStore(cfg.subset.store) as store:
-            if needed:
+            if needed or as_reference:
                 store.require_complete(name, f"hessdistill-precompute teacher={name} subset={cfg.subset.name}"
-                                             + (" features=true" if "teacher_node_features" in needed else ""))
+                                             + (" features=true" if "teacher_node_features" in needed else "")
+                                             + (" reference=teacher" if as_reference else ""))
             elif not store.is_complete(name):
                 return None
-        source = StoredLabels(name, node_features="teacher_node_features" in needed)
+        source = StoredLabels(name, node_features="teacher_node_features" in needed, as_reference=as_reference)
     missing = [field for field in needed if field not in source.provides]
     if missing:
+        why = (": with reference=teacher the energy and force terms already target the teacher's energy and forces"
+               if as_reference else "")
         raise ValueError(f"teacher_mode={cfg.teacher_mode}: the loss terms need {missing}, which this label source "
-                         f"does not provide (it provides {sorted(source.provides)})")
+                         f"does not provide (it provides {sorted(source.provides)}){why}")
     return source
 
 
@@ -233,7 +241,8 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     test_ckpt = cfg.get("test_ckpt", "last")
     if test_ckpt not in TEST_CHECKPOINTS:
         raise ValueError(f"test_ckpt={test_ckpt!r}: choose one of {', '.join(TEST_CHECKPOINTS)}")
-    build_store(cfg.subset)
+    with HessianStore(build_store(cfg.subset, require_labels=labels_required(cfg.reference))) as store:
+        check_reference(cfg.reference, store)
     module = DistillModule(student=cfg.student, terms=cfg.distill.terms, plugins=cfg.distill.get("plugins"),
                            optimizer=cfg.optimizer, scheduler=cfg.scheduler, row_strategy=cfg.row_strategy,
                            compile=cfg.compile)
@@ -269,6 +278,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     if best is not None:  # after fit the module holds the last EMA weights
         checkpoint = use_best_weights(module, best)
     result = {"run_name": cfg.run_name, "distill": cfg.distill.name, "teacher": cfg.teacher.name,
+              "reference": cfg.reference,
               "epochs": trainer.current_epoch, "run_dir": str(output_dir), "test_ckpt": test_ckpt,
               "checkpoint": checkpoint,
               "final_weights": {name: module.loss.weight(name) for name in module.loss.terms}}

@@ -281,6 +281,10 @@ class StoreDataModule(L.LightningDataModule):
         return batch if self.labels is None else self.labels.label_batch(batch)
 
     def energy_statistics(self) -> tuple[torch.Tensor, float]:
-        """Per-element reference energies (119,) eV fitted on the training split, and its force RMS, eV/Å."""
-        refs, force_rms = self.store.energy_statistics(self.splits["train"])
+        """Per-element reference energies (119,) eV fitted on the training split, and its force RMS, eV/Å: of the
+        reference labels, which are the teacher's when the label source stands in for them (reference=teacher)."""
+        if self.labels is not None and self.labels.as_reference:
+            refs, force_rms = self.labels.reference_statistics(self.store, self.splits["train"])
+        else:
+            refs, force_rms = self.store.energy_statistics(self.splits["train"])
         return torch.as_tensor(refs), force_rms

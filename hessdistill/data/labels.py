@@ -7,15 +7,24 @@ leaves the datamodule with the schema's teacher fields (``hessdistill.data.keys`
 teacher_forces (Ntot, 3) eV/Å and, when rows are sampled, sampled_rows (B, s) and teacher_rows (s, Ntot, 3) eV/Å²;
 with probes (Hessian-vector-product KD, stored labels only), probe_vectors (k, Ntot, 3) and teacher_hvp (k, Ntot, 3)
 eV/Å².
+
+``reference=teacher`` (distillation without DFT): a source built ``as_reference`` puts the teacher's energy and
+forces into the reference fields energy (B,) eV and forces (Ntot, 3) eV/Å instead, so the same energy and force terms
+and metrics compare against the teacher, and the student's energy head is scaled by the teacher's energies
+(``reference_statistics``); the structures need no reference labels of their own (``check_reference``).
 """
 
 from __future__ import annotations
 
 import abc
 
+import numpy as np
 import torch
+from torch_geometric.data import Batch
 
 from hessdistill.data.keys import (
+    ENERGY,
+    FORCES,
     PROBE_VECTORS,
     SAMPLED_ROWS,
     TEACHER_ENERGY,
@@ -25,17 +34,46 @@ from hessdistill.data.keys import (
     TEACHER_ROWS,
     StructureData,
 )
+from hessdistill.data.statistics import EnergyStatistics
 from hessdistill.data.store import HessianStore
 from hessdistill.hessian.probes import hessian_vector_products
 from hessdistill.hessian.row_sampling import UNIFORM, UniformRows
 from hessdistill.hessian.rows import RowStrategy
 
+REFERENCES = ("dft", "teacher")  # what the energy and force terms and metrics compare against
+STATISTICS_BATCH = 32  # structures per teacher call when an online teacher labels the training split's statistics
+
+
+def labels_required(reference: str) -> bool:
+    """Whether the structures must carry their own reference energy and forces (reference=dft); ValueError (one line)
+    unless ``reference`` is one of ``REFERENCES``."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    return reference == "dft"
+
+
+def check_reference(reference: str, store: HessianStore) -> None:
+    """ValueError (one line) unless ``reference`` is one of ``REFERENCES`` and, for dft, every structure of ``store``
+    has its reference energy and forces (a store read without labels is for reference=teacher)."""
+    unlabelled = int(store.attributes.get("unlabelled_structures", 0))
+    if labels_required(reference) and unlabelled:
+        raise ValueError(f"{store.path}: {unlabelled} of its {len(store)} structures have no reference energy or "
+                         f"forces; train with reference=teacher (the teacher labels them), or build the store from "
+                         f"labelled data")
+
+
+def reference_fields(as_reference: bool) -> tuple[str, str]:
+    """The batch fields that receive the teacher's energy and forces."""
+    return (ENERGY, FORCES) if as_reference else (TEACHER_ENERGY, TEACHER_FORCES)
+
 
 class TeacherLabels(abc.ABC):
-    """A source of teacher labels; ``name`` is the teacher's (its store group for stored labels)."""
+    """A source of teacher labels; ``name`` is the teacher's (its store group for stored labels). ``as_reference``:
+    the teacher's energy and forces go into the reference fields (``reference=teacher``)."""
 
     name: str
     provides: frozenset[str]  # the batch fields (data.keys) this source adds
+    as_reference: bool = False
 
     @abc.abstractmethod
     def label_item(self, data: StructureData, store: HessianStore, i: int, rows: int,
@@ -59,20 +97,35 @@ class TeacherLabels(abc.ABC):
         (sources that pass ``check_probes``)."""
         self.check_probes(store)
 
+    @abc.abstractmethod
+    def reference_statistics(self, store: HessianStore, indices: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-element reference energies (119,) eV fitted to the teacher's energies of structures ``indices`` of
+        ``store``, and the RMS of its forces, eV/Å (``data.statistics``): the student's energy scale under
+        reference=teacher."""
+
 
 class StoredLabels(TeacherLabels):
     """The store's labels of teacher ``name``: energy, forces, s rows sampled from the rows the store holds (all 3N,
     or the k of a row-subset store) and, with ``node_features``, the teacher's node features (n2n baseline)."""
 
-    def __init__(self, name: str, node_features: bool = False) -> None:
-        self.name, self.node_features = name, node_features
-        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS, PROBE_VECTORS,
+    def __init__(self, name: str, node_features: bool = False, as_reference: bool = False) -> None:
+        self.name, self.node_features, self.as_reference = name, node_features, as_reference
+        self.provides = frozenset({*reference_fields(as_reference), SAMPLED_ROWS, TEACHER_ROWS, PROBE_VECTORS,
                                    TEACHER_HVP} | ({TEACHER_NODE_FEATURES} if node_features else set()))
+
+    def reference_statistics(self, store, indices):
+        statistics = EnergyStatistics()
+        for block in np.array_split(np.sort(indices), max(1, -(-len(indices) // 4096))):
+            labels = [store.teacher_labels(self.name, int(i)) for i in block]
+            statistics.add(np.concatenate([store.structure(int(i)).z for i in block]), store.n_atoms()[block],
+                           [e for e, _ in labels], np.concatenate([f for _, f in labels]))
+        return statistics.result()
 
     def label_item(self, data, store, i, rows, generator, sampler=UNIFORM) -> None:
         energy, forces = store.teacher_labels(self.name, i)
-        data.teacher_energy = torch.tensor([energy], dtype=data.pos.dtype)
-        data.teacher_forces = torch.as_tensor(forces, dtype=data.pos.dtype)
+        energy_field, forces_field = reference_fields(self.as_reference)
+        data[energy_field] = torch.tensor([energy], dtype=data.pos.dtype)
+        data[forces_field] = torch.as_tensor(forces, dtype=data.pos.dtype)
         if self.node_features:
             data.teacher_node_features = torch.as_tensor(store.node_features(self.name, i), dtype=data.pos.dtype)
         if rows > 0:
@@ -107,9 +160,22 @@ class OnlineLabels(TeacherLabels):
     (drawn over all 3N rows), and ``label_batch`` computes energy, forces and those rows (no precompute, no store
     labels). ``strategy``: how the teacher's row VJPs run (``hessian.rows.resolve_strategy``)."""
 
-    def __init__(self, teacher, strategy: RowStrategy = "auto") -> None:
+    def __init__(self, teacher, strategy: RowStrategy = "auto", as_reference: bool = False) -> None:
         self.teacher, self.strategy, self.name = teacher.freeze(), strategy, teacher.name
-        self.provides = frozenset({TEACHER_ENERGY, TEACHER_FORCES, SAMPLED_ROWS, TEACHER_ROWS})
+        self.as_reference = as_reference
+        self.provides = frozenset({*reference_fields(as_reference), SAMPLED_ROWS, TEACHER_ROWS})
+
+    def reference_statistics(self, store, indices):
+        """One pass of the teacher's energies and forces over structures ``indices`` (``STATISTICS_BATCH`` per
+        call)."""
+        statistics = EnergyStatistics()
+        for block in np.array_split(indices, max(1, -(-len(indices) // STATISTICS_BATCH))):
+            structures = [store.structure(int(i)) for i in block]
+            batch = Batch.from_data_list([s.to_data(self.teacher.dtype) for s in structures]).to(self.teacher.device)
+            energy, forces = self.teacher.energy_forces(batch)
+            statistics.add(np.concatenate([s.z for s in structures]), [s.n_atoms for s in structures],
+                           energy.detach().cpu().double().numpy(), forces.detach().cpu().double().numpy())
+        return statistics.result()
 
     def label_item(self, data, store, i, rows, generator, sampler=UNIFORM) -> None:
         if rows > 0:
@@ -132,5 +198,6 @@ class OnlineLabels(TeacherLabels):
             energy, forces = out.energy, out.forces
         else:
             energy, forces = self.teacher.energy_forces(batch)
-        batch.teacher_energy, batch.teacher_forces = energy.to(batch.pos.dtype), forces.to(batch.pos.dtype)
+        energy_field, forces_field = reference_fields(self.as_reference)
+        batch[energy_field], batch[forces_field] = energy.to(batch.pos.dtype), forces.to(batch.pos.dtype)
         return batch

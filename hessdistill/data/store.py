@@ -10,8 +10,8 @@ Layout (all per-atom arrays are ragged, concatenated over structures, indexed by
     /structures/offsets    (M+1,) int64          structure i's atoms are offsets[i]:offsets[i+1]
     /structures/cell       (M, 3, 3) float64     Å (zeros when non-periodic)
     /structures/pbc        (M, 3) bool
-    /structures/energy     (M,) float64          reference energy, eV
-    /structures/forces     (A, 3) float64        reference forces, eV/Å
+    /structures/energy     (M,) float64          reference energy, eV (NaN: none, a store for reference=teacher)
+    /structures/forces     (A, 3) float64        reference forces, eV/Å (NaN: none)
     /structures/info       (M,) str              JSON metadata per structure (molecule, seed, source, ...)
     /teachers/<name>/      attrs: teacher, level_of_theory, method, hessian_layout, hessian_dtype, created
     /teachers/<name>/energy           (M,) float64       eV
@@ -120,18 +120,19 @@ def _structure_datasets(f: h5py.File) -> h5py.Group:
     return g
 
 
-def _append(g: h5py.Group, chunk: list[Structure]) -> None:
-    """Validate a chunk of structures and append it to the /structures datasets."""
+def _append(g: h5py.Group, chunk: list[Structure], require_labels: bool = True) -> None:
+    """Validate a chunk of structures and append it to the /structures datasets (a missing label as NaN)."""
     for s in chunk:
-        s.validate(require_labels=True)
+        s.validate(require_labels=require_labels)
     m0, a0 = g["energy"].shape[0], g["z"].shape[0]
     counts = np.array([s.n_atoms for s in chunk], dtype=np.int64)
     m1, a1 = m0 + len(chunk), a0 + int(counts.sum())
     columns = {"z": np.concatenate([s.z for s in chunk]).astype(np.int16),
                "positions": np.concatenate([s.positions for s in chunk]),
-               "forces": np.concatenate([s.forces for s in chunk]),
+               "forces": np.concatenate([np.full((s.n_atoms, 3), np.nan) if s.forces is None else s.forces
+                                         for s in chunk]),
                "cell": np.stack([s.cell for s in chunk]), "pbc": np.stack([s.pbc for s in chunk]),
-               "energy": np.array([s.energy for s in chunk], dtype=np.float64),
+               "energy": np.array([np.nan if s.energy is None else s.energy for s in chunk], dtype=np.float64),
                "info": np.array([json.dumps({**s.info, "source": s.source}, default=str) for s in chunk], dtype=object)}
     for name, values in columns.items():
         start, stop = (a0, a1) if name in ("z", "positions", "forces") else (m0, m1)
@@ -142,14 +143,16 @@ def _append(g: h5py.Group, chunk: list[Structure]) -> None:
 
 
 def write_structures(path: str | Path, structures: Iterable[Structure], overwrite: bool = False,
-                     attrs: dict | None = None, chunk_size: int = CHUNK_STRUCTURES) -> int:
+                     attrs: dict | None = None, chunk_size: int = CHUNK_STRUCTURES, require_labels: bool = True) -> int:
     """Create a store from structures (any iterable: a reader's stream is consumed once, ``chunk_size`` structures
-    at a time, so memory holds one chunk); returns how many were written. Each is validated (labels required).
+    at a time, so memory holds one chunk); returns how many were written. Each is validated (labels required unless
+    ``require_labels`` is False: structures for a teacher to label, ``reference=teacher``).
 
     Written to ``<path>.<pid>.partial`` then renamed (``store_files.replacing``): never half-written, and never over
-    a store another process made there meanwhile (FileExistsError). The energy statistics of all structures are
-    accumulated on the way and recorded as the root attribute ``energy_statistics`` (JSON; floats exact); the
-    structures' content digests (``store_digests``) are written last.
+    a store another process made there meanwhile (FileExistsError). The energy statistics of all labelled structures
+    are accumulated on the way and recorded as the root attribute ``energy_statistics`` (JSON; floats exact);
+    ``unlabelled_structures`` counts those without energy or forces; the structures' content digests
+    (``store_digests``) are written last.
     attrs: extra root attributes recording how the store was made (e.g. ``subset``: the subset config as JSON)."""
     path = Path(path)
     if path.exists() and not overwrite:
@@ -161,18 +164,24 @@ def write_structures(path: str | Path, structures: Iterable[Structure], overwrit
                        created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         f.attrs.update(attrs or {})
         g = _structure_datasets(f)
+        written = 0
         for chunk in _chunks(structures, chunk_size):
-            _append(g, chunk)
-            statistics.add(np.concatenate([s.z for s in chunk]), [s.n_atoms for s in chunk],
-                           [s.energy for s in chunk], np.concatenate([s.forces for s in chunk]))
+            _append(g, chunk, require_labels)
+            labelled = [s for s in chunk if s.energy is not None and s.forces is not None]
+            if labelled:
+                statistics.add(np.concatenate([s.z for s in labelled]), [s.n_atoms for s in labelled],
+                               [s.energy for s in labelled], np.concatenate([s.forces for s in labelled]))
+            written += len(chunk)
             bar.update(len(chunk))
-        if not statistics.n_structures:
+        if not written:
             raise EmptyStoreError(f"{path}: no structures to write")
-        references, force_rms = statistics.result()
-        f.attrs["energy_statistics"] = json.dumps({"references": references.tolist(), "force_rms": force_rms})
+        f.attrs["unlabelled_structures"] = written - statistics.n_structures
+        if statistics.n_structures:
+            references, force_rms = statistics.result()
+            f.attrs["energy_statistics"] = json.dumps({"references": references.tolist(), "force_rms": force_rms})
         store_digests.allocate(g)
         store_digests.seal(g)
-    return statistics.n_structures
+    return written
 
 
 class HessianStore:
@@ -266,13 +275,14 @@ class HessianStore:
         return counts if i is None else int(counts[i])
 
     def structure(self, i: int) -> Structure:
-        """Structure i with its reference labels (eV, Å, eV/Å)."""
+        """Structure i with its reference labels (eV, Å, eV/Å; None where the store has none)."""
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])
         g = self._structure_reader()
+        energy, forces = float(g["energy"][i]), g["forces"][a:b]
         return Structure(
             z=g["z"][a:b], positions=g["positions"][a:b], cell=g["cell"][i], pbc=g["pbc"][i],
-            energy=float(g["energy"][i]), forces=g["forces"][a:b], info=json.loads(g["info"][i]),
-            source=f"{self.path}[{i}]",
+            energy=None if np.isnan(energy) else energy, forces=None if np.isnan(forces).any() else forces,
+            info=json.loads(g["info"][i]), source=f"{self.path}[{i}]",
         )
 
     def _structure_reader(self) -> dict[str, h5py.Dataset]:

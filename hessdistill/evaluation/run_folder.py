@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from hessdistill.data.labels import REFERENCES
 from hessdistill.registry import TEACHERS, Record, RecordError, check_plain
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, in its directory (written by hessdistill-train)
@@ -61,6 +62,7 @@ class TrainingRun:
     split_file: Path
     checkpoint: Path
     teacher: RunTeacher | None
+    reference: str = "dft"
 
 
 def training_run(run_dir: Path, user_teacher: str | None) -> TrainingRun:
@@ -73,7 +75,15 @@ def training_run(run_dir: Path, user_teacher: str | None) -> TrainingRun:
         teacher_from_user(teacher, user_teacher, path)
     return TrainingRun(run_subset(config, path), run_dir / "splits.json",
                        run_dir / "checkpoints" / f"{tested_checkpoint(config, path)}.ckpt",
-                       None if teacher.code is not None else teacher)
+                       None if teacher.code is not None else teacher, run_reference(config, path))
+
+
+def run_reference(config: dict, path: Path) -> str:
+    """What the run's student was trained against (``reference``: dft, or teacher for distillation without DFT)."""
+    reference = config.get("reference", "dft")
+    if reference not in REFERENCES:
+        raise RunFolderError(f"{path}: reference is {reference!r}, not one of {REFERENCES}")
+    return reference
 
 
 def tested_checkpoint(config: dict, path: Path) -> str:

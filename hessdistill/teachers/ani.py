@@ -1,40 +1,27 @@
 """ANI ensembles (torchani) as teachers, loaded from a NeuroChem ``.info`` file.
 
-ANI-1x and ANI-1ccx ship inside the torchani==2.0 wheel; ANI-2x (H C N O S F Cl) loads from a local
-resources folder (its ``ani-2x_8x.info``). Energies are converted from Hartree to eV.
+ANI-1x and ANI-1ccx ship inside the torchani==2.0 wheel; ANI-2x (H C N O S F Cl) loads from our cache, where its
+published resources are downloaded on first use (``teachers.weights.ani_info_file``), or from a local ``.info``
+file. Energies are converted from Hartree to eV.
 """
 
 from __future__ import annotations
 
 import warnings
-from importlib import resources
-from pathlib import Path
 
 import torch
 from ase.units import Hartree
 from torch import Tensor
 
 from hessdistill.teachers.base import AutogradTeacher
+from hessdistill.teachers.weights import ani_info_file
 
-BUNDLED = {"ani1x": "ani-1x_8x.info", "ani1ccx": "ani-1ccx_8x.info"}
 LEVEL = {"ani1x": "wB97X/6-31G(d)", "ani2x": "wB97X/6-31G(d)", "ani1ccx": "CCSD(T)/CBS (transfer learned)"}
 
 
-def _resolve_info(model: str, info_file: str | None) -> Path:
-    if info_file is not None:
-        path = Path(info_file).expanduser()
-    elif model in BUNDLED:
-        path = Path(str(resources.files("torchani") / "resources" / BUNDLED[model]))
-    else:
-        raise ValueError(f"ANI model {model!r} is not bundled with torchani; pass info_file=<folder>/<name>.info")
-    if not path.is_file():
-        raise FileNotFoundError(f"ANI info file not found: {path}")
-    return path
-
-
 class ANITeacher(AutogradTeacher):
-    """An ANI ensemble. model: ani1x, ani1ccx or ani2x; info_file: NeuroChem .info (None: bundled);
-    name: store label."""
+    """An ANI ensemble. model: ani1x, ani1ccx or ani2x; info_file: a NeuroChem .info file (None: ANI-1x/1ccx from
+    the torchani wheel, ANI-2x from the cache, downloaded there if missing); name: store label."""
 
     def __init__(self, model: str = "ani1x", info_file: str | None = None, ensemble_size: int | None = None,
                  dtype: str = "float64", name: str | None = None) -> None:
@@ -44,7 +31,7 @@ class ANITeacher(AutogradTeacher):
             import torchani
             from torchani import neurochem
 
-        info = _resolve_info(model, info_file)
+        info = ani_info_file(model, info_file)
         lines = [line.strip() for line in info.read_text().splitlines() if line.strip()][:4]
         const_file, sae_file, prefix, size = lines
         root = info.parent

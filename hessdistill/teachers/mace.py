@@ -1,4 +1,6 @@
-"""MACE models (mace-torch ``.model`` files: MACE-OFF, MACE-MP-0, custom) as teachers.
+"""MACE models as teachers: any mace-torch ``.model`` file (``MACETeacher``), or a foundation model by name
+(MACE-OFF23, MACE-MP, MACE-OMOL: ``MACEFoundationTeacher``) through mace-torch's own loaders and cache
+(``teachers.weights``).
 
 The neighbour list and one-hot node attributes come from mace-torch's own data pipeline; our positions
 tensor is substituted so the energy is differentiable w.r.t. it. Periodic cells work through MACE's shifts.
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from hessdistill.teachers.base import AutogradTeacher
+from hessdistill.teachers.weights import load_mace_foundation
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +122,21 @@ class MACETeacher(AutogradTeacher):
         one_hot = torch.eye(len(z), dtype=self.dtype, device=self.device)
         with torch.no_grad():
             return z, self.model.node_embedding(one_hot).detach()
+
+
+class MACEFoundationTeacher(MACETeacher):
+    """A MACE foundation model by name, loaded the way mace-torch loads it (``mace_off(size)``, ``mace_mp(size)``,
+    ``mace_omol(size)``): from mace-torch's cache, downloaded there on first use when the network is there.
+
+    family: mace_off (small, medium, large), mace_mp (small, medium, large, medium-mpa-0, … : the installed
+    mace-torch's names) or mace_omol (extra_large); size: the model's name in that family; model: a local ``.model``
+    file to load instead (e.g. a copy for an offline machine). name: store label (None: ``<family>_<size>``).
+    """
+
+    def __init__(self, family: str = "mace_off", size: str = "medium", model: str | None = None,
+                 name: str | None = None, level_of_theory: str = "unknown", head: str | None = None,
+                 dtype: str = "float64") -> None:
+        module = model if model is not None else load_mace_foundation(family, size)
+        super().__init__(module, name=name or f"{family}_{size}", level_of_theory=level_of_theory, head=head,
+                         dtype=dtype)
+        self.family, self.size = family, size

@@ -453,8 +453,8 @@ def already_clear_cases(tmp_path, trained):
         "teacher mode unknown": (lambda: train(compose_config("train", [*common, *TINY, "teacher_mode=live"]),
                                                str(tmp_path / "run")), ValueError,
                                  r"teacher_mode must be one of \('precomputed', 'online'\), got 'live'"),
-        "ani model not bundled": (lambda: ANITeacher("ani2x"), ValueError,
-                                  r"ANI model 'ani2x' is not bundled with torchani; pass info_file="),
+        "ani model unknown": (lambda: ANITeacher("ani3x"), ValueError,
+                              r"unknown ANI model 'ani3x'; choose one of ani1x, ani1ccx, ani2x or pass info_file="),
         "ani info file missing": (lambda: ANITeacher(info_file=str(tmp_path / "x.info")), FileNotFoundError,
                                   r"ANI info file not found: .*x.info"),
         "finite-difference step": (lambda: FiniteDifferenceTeacher(delta=0.0), ValueError,
@@ -469,7 +469,7 @@ def already_clear_cases(tmp_path, trained):
 CASES = ["structure file missing", "structure file unreadable", "npz missing", "spice missing", "ani hdf5 missing",
          "mptrj missing", "spice not hdf5", "mptrj not json", "unknown teacher", "unknown student", "unknown subset",
          "checkpoint missing", "evaluate run not a run", "predict input missing", "teacher mode unknown",
-         "ani model not bundled", "ani info file missing", "finite-difference step", "structure without atoms",
+         "ani model unknown", "ani info file missing", "finite-difference step", "structure without atoms",
          "unknown prediction"]
 
 
