@@ -119,8 +119,9 @@ def deployed_calculator(path: str | Path, device: str | None = None, allow_exten
 
 
 def load_calculator(checkpoint: str | Path, device: str | torch.device = "auto",
-                    dtype: torch.dtype | None = None) -> TorchCalculator:
+                    dtype: torch.dtype | None = None, allow_unseen_elements: bool = False) -> TorchCalculator:
     """An ASE calculator of a trained student (its EMA weights) on ``device``: energy and per-atom energies (float64
     sums, eV), forces (eV/Å), stress of periodic cells (eV/Å³) and ``get_hessian(atoms)`` (eV/Å²). dtype: the
-    student's precision (None: as trained)."""
-    return TorchCalculator(load_student(checkpoint, resolve_device(device), dtype))
+    student's precision (None: as trained). Structures with elements the student was not trained on are refused
+    (``UnseenElementError``, naming them and the checkpoint) unless ``allow_unseen_elements``."""
+    return TorchCalculator(load_student(checkpoint, resolve_device(device), dtype, allow_unseen_elements))

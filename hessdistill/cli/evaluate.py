@@ -79,7 +79,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    student = load_student(cfg.checkpoint, device)
+    student = load_student(cfg.checkpoint, device, allow_unseen_elements=cfg.allow_unseen_elements)
     # the run folder's teacher from its record; the user's own config otherwise (code they vouch for)
     teacher = (run_teacher.build() if run_teacher is not None else hydra.utils.instantiate(cfg.teacher)).to(device)
     with HessianStore(cfg.subset.store) as store:

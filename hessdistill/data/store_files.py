@@ -23,12 +23,14 @@ from pathlib import Path
 
 import h5py
 
+from hessdistill.errors import HessdistillError
+
 GIB = 2**30
 SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of an HDF5 file (stores have no user block)
 REBUILD = "rebuild it with hessdistill-precompute (or copy it again)"
 
 
-class StoreError(ValueError):
+class StoreError(HessdistillError, ValueError):
     """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
 
 
