@@ -29,6 +29,9 @@ from hessdistill.config import CONFIG_DIR
 from hessdistill.devices import resolve_device
 from hessdistill.evaluation.checkpoint import load_student
 from hessdistill.integrations.ase_calculator import TorchCalculator
+from hessdistill.quiet import quiet_dependencies
+
+quiet_dependencies()  # the dependencies' known console noise, silenced as the commands silence it
 
 
 def compose(command: str, *overrides: str, **choices) -> DictConfig:

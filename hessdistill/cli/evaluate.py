@@ -41,16 +41,50 @@ from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
 from hessdistill.evaluation.relax import relaxation_report, spectra_report
 from hessdistill.evaluation.run_folder import RunTeacher, training_run
 from hessdistill.evaluation.speed import speed_report
+from hessdistill.metrics import UNITS
 
 log = logging.getLogger(__name__)
 
 
+# metrics.md's column headers: the metric set's names with their units (hessdistill.metrics.UNITS), then the other
+# sections' keys; a key ending in a unit suffix (``_eV``, ``_ps``, ``_cm1`` …) is shown with that unit
+METRIC_NAMES = {"energy_mae": "energy MAE", "force_mae": "force MAE", "hessian_mae": "Hessian-row MAE",
+                "loss_ef": "L_EF"}
+HEADERS = {"structures": "structures", "hessian_rows_per_structure": "Hessian rows per structure",
+           "model": "model", "name": "structure", "structure": "#",
+           "batch": "batch", "structures_per_s": "structures/s", "ns_per_day": "ns/day (1 fs steps)",
+           "best_batch": "best batch", "best_structures_per_s": "structures/s at best batch",
+           "best_ns_per_day": "ns/day at best batch", "nvt_runs": "NVT runs", "stable_runs": "stable runs",
+           "per_trajectory_ns_per_day": "ns/day per trajectory", "total_ns_per_day": "ns/day in total",
+           "best_replicas": "best replicas", "best_per_trajectory_ns_per_day": "ns/day per trajectory at best",
+           "best_total_ns_per_day": "ns/day in total at best", "single_trajectory_ns_per_day": "ns/day, 1 trajectory",
+           "mae_cm1": "wavenumber MAE (cm⁻¹)"}
+UNIT_SUFFIXES = (("_eV_per_atom_per_ps", "eV/atom/ps"), ("_eV_per_A", "eV/Å"), ("_eV", "eV"), ("_ps", "ps"),
+                 ("_cm1", "cm⁻¹"))
+MISSING = "—"  # a value a section does not have (no failure, no drift)
+
+
+def column_header(key: str) -> str:
+    """The header of column ``key`` in metrics.md, with its unit (counts and names have none)."""
+    base = key.removeprefix("teacher_")
+    if base in METRIC_NAMES:
+        return f"{'teacher ' if base != key else ''}{METRIC_NAMES[base]} ({UNITS[base]})"
+    if key in HEADERS:
+        return HEADERS[key]
+    for suffix, unit in UNIT_SUFFIXES:
+        if key.endswith(suffix):
+            return f"{key.removesuffix(suffix).replace('_', ' ')} ({unit})"
+    return key.replace("_", " ")
+
+
 def markdown_table(rows: list[dict]) -> str:
+    """``rows`` (dicts of the same keys) as a Markdown table: headers with units (``column_header``), floats to 6
+    significant digits, None as ``—``."""
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines = ["| " + " | ".join(column_header(k) for k in keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
-                                       for k in keys) + " |")
+        lines.append("| " + " | ".join(MISSING if row[k] is None else f"{row[k]:.6g}" if isinstance(row[k], float)
+                                       else str(row[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -221,4 +255,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("evaluate")

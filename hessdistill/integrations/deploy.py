@@ -141,9 +141,10 @@ def deploy_student(student, path: str | Path, devices: tuple[str, ...] | None = 
         cores.append(_traced_core(moved, graph_fn, species, torch.device(device)).cpu())
     module = MetatomicStudent(cores, list(devices), student.atom_refs.detach().cpu(), float(student.cutoff),
                               int(student.max_neighbors or 0), student.force_mode == "direct").eval()
-    outputs = {"energy": mta.ModelOutput(quantity="energy", unit="eV", sample_kind="system")}
+    # units without metatomic's deprecated `quantity`: engines convert from the unit expression
+    outputs = {"energy": mta.ModelOutput(unit="eV", sample_kind="system")}
     if student.force_mode == "direct":
-        outputs["non_conservative_force"] = mta.ModelOutput(quantity="force", unit="eV/Angstrom", sample_kind="atom")
+        outputs["non_conservative_force"] = mta.ModelOutput(unit="eV/Angstrom", sample_kind="atom")
     capabilities = mta.ModelCapabilities(outputs=outputs, atomic_types=species, interaction_range=float(student.cutoff),
                                      length_unit="angstrom", supported_devices=list(devices),
                                      dtype=str(dtype).removeprefix("torch."))
