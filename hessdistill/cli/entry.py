@@ -25,6 +25,7 @@ Anything else is a bug or a failure of a library, and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -142,7 +143,7 @@ def check_mandatory(cfg, program: str) -> None:
     loaded (a group's mandatory keys are left to the code that uses them)."""
     from omegaconf import OmegaConf
 
-    missing = [key for key in OmegaConf.missing_keys(cfg) if "." not in key and "[" not in key]
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]  # in the config's order
     if missing:
         wanted = " ".join(f"{key}={PLACEHOLDERS.get(key, '<value>')}" for key in missing)
         raise MissingSettingError(f"{program} needs {wanted} (see {program} --help)")
@@ -171,9 +172,10 @@ def _reported(debug: bool):
 
 
 @contextmanager
-def _argv(program: str, argv: list[str]):
+def _argv(argv: list[str]):
+    """``sys.argv`` as Hydra reads it: the program as started (Lightning starts DDP processes with it) and ``argv``."""
     saved = sys.argv
-    sys.argv = [program, *argv]
+    sys.argv = [saved[0] if saved else "hessdistill", *argv]
     try:
         yield
     finally:
@@ -220,7 +222,19 @@ def _hydra_app(command: Command, work: Callable | None, user_value: str | None, 
 def _module_main(command: Command) -> Callable:
     """The command's own work: its module's Hydra task function (undecorated), or its argv main."""
     main = importlib.import_module(command.module).main
-    return getattr(main, "__wrapped__", main) if command.hydra else main
+    if command.hydra:
+        _lightning_through_hydra()
+        return getattr(main, "__wrapped__", main)
+    return main
+
+
+def _lightning_through_hydra() -> None:
+    """Lightning, imported after Hydra set up logging, sends its lines to Hydra's handlers (the console and the job's
+    log file) and to a console handler of its own: that one goes, so each line shows once."""
+    if "lightning" in sys.modules and logging.getLogger().handlers:
+        lightning = logging.getLogger("lightning")
+        for handler in [h for h in lightning.handlers if type(h) is logging.StreamHandler]:
+            lightning.removeHandler(handler)
 
 
 def run(name: str, argv: list[str] | None = None) -> None:
@@ -245,8 +259,13 @@ def run(name: str, argv: list[str] | None = None) -> None:
     user_value = os.environ.get("HYDRA_FULL_ERROR")
     helping = any(arg in HELP_FLAGS for arg in argv)
     work = None if helping else (lambda cfg: _module_main(command)(cfg))
-    with _argv(command.program, argv), _reported(debug), _hydra_errors_raised(user_value):
-        _hydra_app(command, work, user_value, debug)()
+    from hydra.core.global_hydra import GlobalHydra
+
+    try:
+        with _argv(argv), _reported(debug), _hydra_errors_raised(user_value):
+            _hydra_app(command, work, user_value, debug)()
+    finally:
+        GlobalHydra.instance().clear()  # a later command or hd.compose in this process starts afresh
 
 
 def _entry(name: str) -> Callable[[], None]:

@@ -1,9 +1,9 @@
-"""``hessdistill``: the package's version, what ships with it, and every command under one name.
+"""``hessdistill``: the package's version and what ships with it; the work is done by the ``hessdistill-<command>``
+commands (hessdistill-train, -precompute, -evaluate, -predict, -deploy, -onpolicy, -label, -demo).
 
     hessdistill --version
     hessdistill list                      # teachers, students, subsets and experiments
     hessdistill list teachers             # one of them: teachers | students | subsets | experiments
-    hessdistill train experiment=demo     # the same as hessdistill-train experiment=demo (any command)
 
 ``list`` reads the shipped configs (``teacher=<name>`` and so on, each with the first line of its comment) and the
 registries (the classes checkpoints and run folders may name); it imports no model code.
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from hessdistill.cli.entry import COMMANDS, run, version
+from hessdistill.cli.entry import version
 
 GROUPS = {"teachers": ("teacher", "TEACHERS"), "students": ("student", "STUDENTS"), "subsets": ("subset", None),
           "experiments": ("experiment", None)}
@@ -57,20 +57,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hessdistill", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=version())
-    sub = p.add_subparsers(dest="command", metavar="{list," + ",".join(COMMANDS) + "}")
+    sub = p.add_subparsers(dest="command", metavar="list")
     shown = sub.add_parser("list", help="the teachers, students, subsets and experiments that ship with hessdistill")
     shown.add_argument("what", nargs="*", metavar="{" + ",".join(GROUPS) + "}", help="what to list (default: all)")
-    for name in COMMANDS:
-        sub.add_parser(name, help=f"hessdistill-{name} (its own --help lists its options)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:  # everything after the command name is the command's own
-        run(argv[0], argv[1:])
-        return
-    args = parser().parse_args(argv)
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser().print_help()
         return
