@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hessdistill.errors import HessdistillError
+from hessdistill.quiet import quiet_dependencies
 
 EXIT_REFUSED = 2  # the exit status of a command that refused its input (argparse's, for a usage error)
 HELP_FLAGS = ("--help", "-h", "--hydra-help")
@@ -154,6 +155,7 @@ def _debugging(argv: list[str]) -> bool:
 
 
 def _refuse(message: str) -> None:
+    sys.stdout.flush()  # what the command printed before comes first
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     raise SystemExit(EXIT_REFUSED)
@@ -246,8 +248,6 @@ def run(name: str, argv: list[str] | None = None) -> None:
         return
     debug = _debugging(argv)
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
-    from hessdistill.quiet import quiet_dependencies
-
     quiet_dependencies()
     if not command.hydra:
         with _reported(debug):
