@@ -34,6 +34,9 @@ from hessdistill.config import CONFIG_DIR
 from hessdistill.devices import resolve_device
 from hessdistill.evaluation.checkpoint import load_student
 from hessdistill.integrations.ase_calculator import TorchCalculator
+from hessdistill.quiet import quiet_dependencies
+
+quiet_dependencies()  # the dependencies' known console noise, silenced as the commands silence it
 
 
 def compose(command: str, *overrides: str, **choices) -> DictConfig:
@@ -187,8 +190,9 @@ def deployed_calculator(path: str | Path, device: str | None = None, allow_exten
 
 
 def load_calculator(checkpoint: str | Path, device: str | torch.device = "auto",
-                    dtype: torch.dtype | None = None) -> TorchCalculator:
+                    dtype: torch.dtype | None = None, allow_unseen_elements: bool = False) -> TorchCalculator:
     """An ASE calculator of a trained student (its EMA weights) on ``device``: energy and per-atom energies (float64
     sums, eV), forces (eV/Å), stress of periodic cells (eV/Å³) and ``get_hessian(atoms)`` (eV/Å²). dtype: the
-    student's precision (None: as trained)."""
-    return TorchCalculator(load_student(checkpoint, resolve_device(device), dtype))
+    student's precision (None: as trained). Structures with elements the student was not trained on are refused
+    (``UnseenElementError``, naming them and the checkpoint) unless ``allow_unseen_elements``."""
+    return TorchCalculator(load_student(checkpoint, resolve_device(device), dtype, allow_unseen_elements))

@@ -25,12 +25,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from hessdistill.errors import HessdistillError
+
 MAX_DEPTH = 8  # nesting of lists and dicts in a record's keyword arguments
 MAX_ITEMS = 2_000_000  # values in all (a teacher-embedding table of 118 elements × 1024 features fits)
 HYDRA_KEY = re.compile(r"^_.+_$")  # _target_, _partial_, _args_, _recursive_, _convert_: Hydra builds from these
 
 
-class RecordError(ValueError):
+class RecordError(HessdistillError, ValueError):
     """A record of what to build that is refused; the message says why in one line (callers prefix the file)."""
 
 

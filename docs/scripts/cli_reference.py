@@ -75,7 +75,9 @@ def rst_to_markdown(doc: str) -> str:
 def read_commands(pyproject: Path) -> list[Command]:
     commands = []
     for name, target in console_scripts(pyproject).items():
-        module = target.split(":")[0]
+        module, function = target.split(":")
+        if module == "hessdistill.cli.entry":  # the light wrapper of every command: its work is in cli/<function>
+            module = f"hessdistill.cli.{function}"
         source = Path(importlib.util.find_spec(module).origin).read_text()
         config = hydra_config_name(source)
         doc = ast.get_docstring(ast.parse(source)) or ""

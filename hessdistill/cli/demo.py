@@ -61,4 +61,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("demo")

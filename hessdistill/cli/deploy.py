@@ -55,4 +55,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("deploy")

@@ -44,18 +44,48 @@ from hessdistill.evaluation.plots import md_plot, parity_plot, spectrum_plot
 from hessdistill.evaluation.relax import relaxation_report, spectra_report
 from hessdistill.evaluation.run_folder import RunTeacher, training_run
 from hessdistill.evaluation.speed import speed_report
+from hessdistill.metrics import metric_label
+from hessdistill.tables import markdown_table
 from hessdistill.teachers import instantiate_teacher
 
 log = logging.getLogger(__name__)
 
 
-def markdown_table(rows: list[dict]) -> str:
+# metrics.md's column headers: the metric set's names with their units (hessdistill.metrics.metric_label), then the
+# other sections' keys; a key ending in a unit suffix (``_eV``, ``_ps``, ``_cm1`` …) is shown with that unit
+HEADERS = {"structures": "structures", "hessian_rows_per_structure": "Hessian rows per structure",
+           "model": "model", "name": "structure", "structure": "#",
+           "batch": "batch", "structures_per_s": "structures/s", "ns_per_day": "ns/day (1 fs steps)",
+           "best_batch": "best batch", "best_structures_per_s": "structures/s at best batch",
+           "best_ns_per_day": "ns/day at best batch", "nvt_runs": "NVT runs", "stable_runs": "stable runs",
+           "per_trajectory_ns_per_day": "ns/day per trajectory", "total_ns_per_day": "ns/day in total",
+           "best_replicas": "best replicas", "best_per_trajectory_ns_per_day": "ns/day per trajectory at best",
+           "best_total_ns_per_day": "ns/day in total at best", "single_trajectory_ns_per_day": "ns/day, 1 trajectory",
+           "mae_cm1": "wavenumber MAE (cm⁻¹)"}
+UNIT_SUFFIXES = (("_eV_per_atom_per_ps", "eV/atom/ps"), ("_eV_per_A", "eV/Å"), ("_eV", "eV"), ("_ps", "ps"),
+                 ("_cm1", "cm⁻¹"))
+MISSING = "—"  # a value a section does not have (no failure, no drift)
+
+
+def column_header(key: str) -> str:
+    """The header of column ``key`` in metrics.md, with its unit (counts and names have none)."""
+    if (label := metric_label(key)) != key:
+        return label
+    if key in HEADERS:
+        return HEADERS[key]
+    for suffix, unit in UNIT_SUFFIXES:
+        if key.endswith(suffix):
+            return f"{key.removesuffix(suffix).replace('_', ' ')} ({unit})"
+    return key.replace("_", " ")
+
+
+def records_table(rows: list[dict]) -> str:
+    """``rows`` (dicts of the same keys) as a Markdown table: headers with units (``column_header``), floats to 6
+    significant digits, None as ``—``."""
     keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
-                                       for k in keys) + " |")
-    return "\n".join(lines)
+    cells = [[MISSING if row[k] is None else f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+              for k in keys] for row in rows]
+    return markdown_table([column_header(k) for k in keys], cells)
 
 
 def with_training_run(cfg: DictConfig) -> tuple[DictConfig, RunTeacher | None]:
@@ -100,7 +130,7 @@ def run(cfg: DictConfig, output_dir: str) -> dict:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    student = load_student(cfg.checkpoint, device)
+    student = load_student(cfg.checkpoint, device, allow_unseen_elements=cfg.allow_unseen_elements)
     # the run folder's teacher from its record; the user's own config otherwise (code they vouch for)
     teacher = (run_teacher.build() if run_teacher is not None else instantiate_teacher(cfg.teacher)).to(device)
     as_reference = cfg.reference == "teacher"  # the student is judged against the teacher's energies and forces
@@ -218,26 +248,26 @@ def write_outputs(out: Path, result: dict) -> None:
         writer.writerows(flat.items())
     reference = f"the teacher {result['teacher']}" if result["reference"] == "teacher" else "the reference (DFT)"
     sections = [f"# Evaluation of {result['checkpoint']}\n", f"{result['store']}, {result['split']} split, teacher "
-                f"{result['teacher']}\n", f"## Accuracy against {reference}\n", markdown_table([result["accuracy"]])]
+                f"{result['teacher']}\n", f"## Accuracy against {reference}\n", records_table([result["accuracy"]])]
     if "speed" in result:
         rows = [{"model": who, **result["speed"][who]} for who in ("student", "teacher")]
-        sections += ["\n## Speed\n", markdown_table(rows),
+        sections += ["\n## Speed\n", records_table(rows),
                      f"\nstudent/teacher: {result['speed']['speedup_at_batch']:.2f}x at batch "
                      f"{result['speed']['student']['batch']}, {result['speed']['speedup_at_best_batch']:.2f}x at "
                      f"the best batches"]
     if "relax" in result:
-        sections += [f"\n## FIRE relaxation (judged by {result['relax_judged_by']})\n", markdown_table(result["relax"])]
+        sections += [f"\n## FIRE relaxation (judged by {result['relax_judged_by']})\n", records_table(result["relax"])]
     if "md_summary" in result:
-        sections += ["\n## MD: NVT stability and NVE drift\n", markdown_table(result["md_summary"])]
+        sections += ["\n## MD: NVT stability and NVE drift\n", records_table(result["md_summary"])]
     if "md_speed" in result:
         speed = result["md_speed"]
         sections += ["\n## MD throughput (torch-sim, replicas of one structure)\n",
-                     markdown_table([{"model": who, **speed[who]} for who in ("student", "teacher")]),
+                     records_table([{"model": who, **speed[who]} for who in ("student", "teacher")]),
                      f"\nstudent/teacher per trajectory: {speed['speedup_per_trajectory_ns_per_day']:.2f}x at "
                      f"{speed['student']['batch']} replicas, {speed['speedup_best_per_trajectory_ns_per_day']:.2f}x at "
                      f"the best replica counts ({speed['speedup_best_total_ns_per_day']:.2f}x in total)"]
     if "spectra" in result:
-        sections += ["\n## Harmonic spectra\n", markdown_table([{"name": s["name"], "mae_cm1": s["mae_cm1"]}
+        sections += ["\n## Harmonic spectra\n", records_table([{"name": s["name"], "mae_cm1": s["mae_cm1"]}
                                                                 for s in result["spectra"]])]
     (out / "metrics.md").write_text("\n".join(sections) + "\n")
 
@@ -249,4 +279,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("evaluate")

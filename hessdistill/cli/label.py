@@ -2,35 +2,65 @@
 structures) and label them with pyscf DFT or GFN2-xTB (tblite), in parallel processes.
 
 Resumable: every labelled frame is appended to the output extxyz at once, with info keys molecule/seed/frame;
-rerunning the same command labels only what is missing. ``--store`` also writes a hessdistill store once all
+rerunning the same command labels only what is missing. ``store=`` also writes a hessdistill store once all
 frames are labelled.
 
-Examples:
     # the embedded demo data set (ωB97X/6-31G(d))
-    hessdistill-label --molecules CH3CONH2 HCOOH CH3COOH CH3OH CH3CH2OH C2H6CHOH --seeds 1 2 3 \\
-        --snapshots 10 --out hessdistill/datasets/demo/hcno_wb97x_631gd.extxyz --workers 2
+    hessdistill-label molecules=[CH3CONH2,HCOOH,CH3COOH,CH3OH,CH3CH2OH,C2H6CHOH] seeds=[1,2,3] snapshots=10 \\
+        out=hessdistill/datasets/demo/hcno_wb97x_631gd.extxyz workers=2
     # GFN2-xTB labels for structures you already have, straight into a store
-    hessdistill-label --structures confs.xyz --method xtb --out confs_gfn2.extxyz --store stores/confs.h5
+    hessdistill-label structures=confs.xyz method=xtb out=confs_gfn2.extxyz store=stores/confs.h5
+
+The flags of earlier versions still work as aliases (``--molecules CH3SH CH3Cl --seeds 1 2 --out x.extxyz``).
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
+import re
 import time
 from pathlib import Path
 
-from ase.build import molecule
-from ase.calculators.singlepoint import SinglePointCalculator
+import hydra
+from omegaconf import DictConfig
 
-from hessdistill.data.sources.ase_files import read_frames
-from hessdistill.data.store import write_structures
-from hessdistill.data.structures import Structure
-from hessdistill.integrations.ase_calculator import TorchCalculator
-from hessdistill.labelling.append_log import append_frame, read_complete
-from hessdistill.labelling.md_sampling import langevin_snapshots
+from hessdistill.config import CONFIG_DIR
 
 METHODS = ("pyscf", "xtb")
+LIST_KEYS = ("molecules", "seeds")  # keys whose flag took several values
+PLAIN = re.compile(r"[\w.+\-/:*@]+")  # an override value Hydra reads as it is written (no quotes needed)
+
+
+def _value(text: str) -> str:
+    """``text`` as an override value: as written when Hydra reads it so, else single-quoted."""
+    if PLAIN.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def overrides_from_flags(argv: list[str]) -> list[str]:
+    """The command line with the earlier ``--flag value …`` form rewritten as ``key=value`` overrides (``--xtb-method
+    GFN1-xTB`` → ``xtb_method=GFN1-xTB``, ``--seeds 1 2`` → ``seeds=[1,2]``); other arguments pass unchanged."""
+    out, k = [], 0
+    while k < len(argv):
+        flag = argv[k]
+        if not flag.startswith("--") or flag.startswith("--hydra") or "=" in flag or flag in ("--help", "--debug"):
+            out.append(flag)
+            k += 1
+            continue
+        key = flag[2:].replace("-", "_")
+        values = []
+        k += 1
+        while k < len(argv) and not argv[k].startswith("--") and "=" not in argv[k]:
+            values.append(argv[k])
+            k += 1
+        if key in LIST_KEYS:
+            out.append(f"{key}=[{','.join(_value(v) for v in values)}]")
+        elif len(values) == 1:
+            out.append(f"{key}={_value(values[0])}")
+        else:
+            raise ValueError(f"--{flag[2:]} takes one value, got {len(values)}: write {key}=<value>")
+    return out
 
 
 def reference(method: str, atoms, options: dict):
@@ -44,10 +74,12 @@ def reference(method: str, atoms, options: dict):
         from hessdistill.labelling.xtb import xtb_energy_forces
 
         return xtb_energy_forces(atoms, method=options["xtb_method"]), {"method": options["xtb_method"]}
-    raise ValueError(f"unknown reference method {method!r}; choose one of {METHODS}")
+    raise ValueError(f"method={method!r} is not a reference method; choose one of {', '.join(METHODS)}")
 
 
 def _label(job):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
     (name, seed, frame), atoms, method, options = job
     start = time.time()
     (energy, forces), level = reference(method, atoms, options)
@@ -56,49 +88,29 @@ def _label(job):
     return atoms, time.time() - start
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--molecules", nargs="+", help="ASE g2 molecule names, sampled by teacher MD")
-    what.add_argument("--structures", help="an ASE-readable file of structures to label as they are")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1], help="one MD trajectory per molecule and seed")
-    p.add_argument("--snapshots", type=int, default=10, help="snapshots per trajectory")
-    p.add_argument("--teacher", default="ani1x", help="ANI model name for the MD (ani1x, ani1ccx, ani2x)")
-    p.add_argument("--device", default="auto", help="where the teacher MD runs: auto, cpu, cuda, cuda:<i>")
-    p.add_argument("--teacher-info", default=None,
-                   help="NeuroChem .info file (ANI-2x: torchani_resources/ani-2x_8x.info)")
-    p.add_argument("--temperature", type=float, default=500.0, help="K")
-    p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--friction", type=float, default=0.01, help="1/fs")
-    p.add_argument("--equilibrate", type=int, default=500, help="MD steps before the first snapshot")
-    p.add_argument("--interval", type=int, default=40, help="MD steps between snapshots")
-    p.add_argument("--method", choices=METHODS, default="pyscf", help="reference: pyscf DFT or GFN-xTB (tblite)")
-    p.add_argument("--xc", default="wb97x", help="pyscf functional")
-    p.add_argument("--basis", default="6-31g*", help="pyscf basis set")
-    p.add_argument("--xtb-method", default="GFN2-xTB", help="tblite method (GFN2-xTB, GFN1-xTB)")
-    p.add_argument("--workers", type=int, default=1, help="parallel labelling processes")
-    p.add_argument("--out", required=True, help="extxyz file, appended to")
-    p.add_argument("--store", default=None, help="also write a hessdistill store here when every frame is labelled")
-    return p.parse_args(argv)
-
-
-def md_jobs(args, done: set):
+def md_jobs(cfg: DictConfig, done: set):
     """(key, atoms) to label, lazily: each trajectory's MD runs while earlier snapshots are being labelled."""
+    from ase.build import molecule
+
+    from hessdistill.integrations.ase_calculator import TorchCalculator
+    from hessdistill.labelling.md_sampling import langevin_snapshots
     from hessdistill.teachers.ani import ANITeacher
 
-    calc = TorchCalculator(ANITeacher(args.teacher, args.teacher_info), device=args.device)
-    for name in args.molecules:
-        for seed in args.seeds:
-            missing = [f for f in range(args.snapshots) if (name, seed, f) not in done]
+    calc = TorchCalculator(ANITeacher(cfg.teacher, cfg.teacher_info), device=cfg.device)
+    for name in cfg.molecules:
+        for seed in cfg.seeds:
+            missing = [f for f in range(cfg.snapshots) if (name, seed, f) not in done]
             if missing:
-                snaps = langevin_snapshots(molecule(name), calc, args.snapshots, seed, args.temperature,
-                                           args.timestep, args.friction, args.equilibrate, args.interval)
+                snaps = langevin_snapshots(molecule(name), calc, cfg.snapshots, seed, cfg.temperature,
+                                           cfg.timestep, cfg.friction, cfg.equilibrate, cfg.interval)
                 yield from (((name, seed, f), snaps[f]) for f in missing)
 
 
 def given_frames(path: str) -> list:
     """Frames of a structure file with their labelling keys (molecule: info 'molecule' or the file stem; seed 0;
     frame: the index in the file)."""
+    from hessdistill.data.sources.ase_files import read_frames
+
     out = []
     for k, atoms in read_frames(path):
         atoms = atoms.copy()  # drops any attached calculator and its labels
@@ -106,34 +118,48 @@ def given_frames(path: str) -> list:
     return out
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    options = {"xc": args.xc, "basis": args.basis, "xtb_method": args.xtb_method}
-    done = {(a.info["molecule"], int(a.info["seed"]), int(a.info["frame"])) for a in read_complete(args.out)}
-    if args.molecules:
-        keys = [(n, s, k) for n in args.molecules for s in args.seeds for k in range(args.snapshots)]
-        pending = md_jobs(args, done)
+def run(cfg: DictConfig) -> dict:
+    """Label what ``cfg`` asks for (conf/label.yaml); returns the frames labelled now and in all."""
+    from hessdistill.labelling.append_log import read_complete
+
+    if (cfg.molecules is None) == (cfg.structures is None):
+        raise ValueError("hessdistill-label needs molecules=[<g2 names>] (sampled by teacher MD) or "
+                         "structures=<file> (labelled as they are), one of the two")
+    if cfg.method not in METHODS:
+        raise ValueError(f"method={cfg.method!r} is not a reference method; choose one of {', '.join(METHODS)}")
+    out = str(cfg.out)
+    options = {"xc": cfg.xc, "basis": cfg.basis, "xtb_method": cfg.xtb_method}
+    done = {(a.info["molecule"], int(a.info["seed"]), int(a.info["frame"])) for a in read_complete(out)}
+    if cfg.molecules is not None:
+        keys = [(n, s, k) for n in cfg.molecules for s in cfg.seeds for k in range(cfg.snapshots)]
+        pending = md_jobs(cfg, done)
     else:
-        frames = given_frames(args.structures)
+        frames = given_frames(cfg.structures)
         keys = [key for key, _ in frames]
         pending = ((key, atoms) for key, atoms in frames if key not in done)
     todo = sum(key not in done for key in keys)
-    print(f"{len(done)} frames already labelled, {todo} to go -> {args.out}", flush=True)
-    jobs = ((key, atoms, args.method, options) for key, atoms in pending)
-    if args.workers == 1:
-        _append_all(args.out, map(_label, jobs), todo)
+    print(f"{len(done)} frames already labelled, {todo} to go -> {out}", flush=True)
+    jobs = ((key, atoms, cfg.method, options) for key, atoms in pending)
+    if cfg.workers == 1:
+        _append_all(out, map(_label, jobs), todo)
     else:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            _append_all(args.out, pool.imap_unordered(_label, jobs), todo)
-    if args.store:
-        labelled = {(a.info["molecule"], int(a.info["seed"]), int(a.info["frame"])): a for a in read_complete(args.out)}
-        structures = [Structure.from_atoms(labelled[key], source=f"{args.out}[{key}]") for key in keys]
-        write_structures(args.store, structures)
-        print(f"wrote {len(structures)} structures to {args.store}", flush=True)
+        with mp.get_context("spawn").Pool(cfg.workers) as pool:
+            _append_all(out, pool.imap_unordered(_label, jobs), todo)
+    if cfg.store:
+        from hessdistill.data.store import write_structures
+        from hessdistill.data.structures import Structure
+
+        labelled = {(a.info["molecule"], int(a.info["seed"]), int(a.info["frame"])): a for a in read_complete(out)}
+        structures = [Structure.from_atoms(labelled[key], source=f"{out}[{key}]") for key in keys]
+        write_structures(cfg.store, structures)
+        print(f"wrote {len(structures)} structures to {cfg.store}", flush=True)
+    return {"labelled": todo, "frames": len(keys), "out": out}
 
 
 def _append_all(out: str, results, total: int) -> None:
     """Append each labelled frame as soon as it arrives (single writer: the parent process)."""
+    from hessdistill.labelling.append_log import append_frame
+
     for k, (atoms, seconds) in enumerate(results, 1):
         append_frame(out, atoms)
         info = atoms.info
@@ -141,5 +167,12 @@ def _append_all(out: str, results, total: int) -> None:
               flush=True)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="label")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("label")

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict:
-    student = load_student(cfg.checkpoint, resolve_device(cfg.device))
+    student = load_student(cfg.checkpoint, resolve_device(cfg.device), allow_unseen_elements=cfg.allow_unseen_elements)
     frames = predict_file(student, cfg.input, cfg.output, cfg.batch_size,
                           cfg.memory_warn_gib if cfg.memory_check else None)
     log.info("%d frames of %s predicted with %s into %s", frames, cfg.input, cfg.checkpoint, cfg.output)
@@ -32,4 +32,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from hessdistill.cli.entry import run as run_command
+
+    run_command("predict")

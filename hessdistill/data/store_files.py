@@ -32,6 +32,8 @@ from pathlib import Path
 
 import h5py
 
+from hessdistill.errors import HessdistillError
+
 log = logging.getLogger(__name__)
 
 GIB = 2**30
@@ -39,7 +41,7 @@ SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of an HDF5 file (stores ha
 REBUILD = "rebuild it with hessdistill-precompute (or copy it again)"
 
 
-class StoreError(ValueError):
+class StoreError(HessdistillError, ValueError):
     """A store file that is missing, malformed or lacks what was asked for; the message names the file."""
 
 

@@ -13,9 +13,10 @@ import torch
 
 from hessdistill.data.geometry import MIN_DISTANCE, closest_pair, periodic_widths
 from hessdistill.data.keys import StructureData
+from hessdistill.errors import HessdistillError
 
 
-class InvalidStructureError(ValueError):
+class InvalidStructureError(HessdistillError, ValueError):
     """A structure that cannot be used; the message names where it came from and what is wrong."""
 
 

@@ -10,12 +10,14 @@ from tqdm import tqdm
 
 from hessdistill.data.datamodule import StoreDataset
 from hessdistill.metrics import batch_metrics
+from hessdistill.models.elements import check_elements
 from hessdistill.training.predictions import predict
 
 
 def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_energy: float = 1.0,
-                   lambda_forces: float = 1.0) -> dict:
-    """The student's (and, where ``dataset`` has teacher labels, the teacher's) metrics on ``dataset``.
+                   lambda_forces: float = 1.0, allow_unseen_elements: bool = False) -> dict:
+    """The student's (and, where ``dataset`` has teacher labels, the teacher's) metrics on ``dataset``; a structure
+    with an element the student was not trained on is refused (``models.elements``) unless ``allow_unseen_elements``.
 
     Returns ``metrics``: the metric set as means over the split (weighted per batch as validation logs them), plus
     ``structures`` and ``hessian_rows_per_structure``; and ``arrays``: per-structure energies per atom (reference,
@@ -29,6 +31,8 @@ def evaluate_split(student, dataset: StoreDataset, batch_size: int = 32, lambda_
                            "composition")}
     for batch in tqdm(DataLoader(dataset, batch_size=batch_size), desc="accuracy", unit="batch"):
         batch = batch.to(device)
+        check_elements(student, batch.z, lambda unseen: f"{getattr(dataset.store, 'path', 'the store')} structure(s) "
+                       f"{batch.idx[torch.unique(batch.batch[unseen])].tolist()}", allow_unseen_elements)
         pred = predict(student, batch, {"force_jacobian_rows"}, create_graph=False)
         for name, (value, count) in batch_metrics(pred["energy"], pred["forces"], batch,
                                                   pred.get("force_jacobian_rows"), lambda_energy,

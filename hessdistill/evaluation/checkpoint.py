@@ -5,22 +5,29 @@ A checkpoint holds the student and its plugins as registry keys with plain keywo
 ``state_dict``). The file is read with ``weights_only=True`` (tensors and plain containers only, whatever
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says); the student is the registered class called with the recorded arguments,
 bound against its signature first. Checkpoints written before the registry name a ``_target_`` instead: one that is
-exactly a target hessdistill wrote converts to its key, any other is refused. Weights must be finite.
+exactly a target hessdistill wrote converts to its key, any other is refused. Weights must be finite. A checkpoint
+written before students recorded their training elements gets them from its reference energies
+(``models.elements.add_legacy_elements``), with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from hessdistill.errors import HessdistillError
 from hessdistill.models.base import ForceField
+from hessdistill.models.elements import add_legacy_elements, symbols
 from hessdistill.registry import PLUGINS, STUDENTS, Record, RecordError
 
+log = logging.getLogger(__name__)
 
-class CheckpointError(ValueError):
+
+class CheckpointError(HessdistillError, ValueError):
     """A checkpoint that cannot be loaded as a hessdistill student; the message names the file."""
 
 
@@ -114,12 +121,18 @@ def _build(student: Record, plugins: list[Record], path: Path) -> ForceField:
     return model
 
 
-def load_student(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ForceField:
-    """The student of a checkpoint, in eval mode, with its EMA weights, on ``device`` (in ``dtype`` if given)."""
+def load_student(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 allow_unseen_elements: bool = False) -> ForceField:
+    """The student of a checkpoint, in eval mode, with its EMA weights, on ``device`` (in ``dtype`` if given).
+    Every path that evaluates it refuses structures with elements it was not trained on, naming ``path``, unless
+    ``allow_unseen_elements`` (``models.elements``)."""
     path = Path(path)
     hparams, state = _read(path)
     student = _build(*_records(hparams, path), path)
     weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+    if (legacy := add_legacy_elements(weights)) is not None:
+        log.warning("%s predates students recording their training elements: taking them from its non-zero "
+                    "reference energies (%s)", path, symbols(legacy))
     if (mismatch := weights_mismatch(student.state_dict(), weights)) is not None:
         raise CheckpointError(f"{path}: its weights do not fit the student its own config builds ({mismatch}): "
                               f"the file was edited or assembled from two runs")
@@ -127,6 +140,7 @@ def load_student(path: str | Path, device: str | torch.device = "cpu", dtype: to
         raise CheckpointError(f"{path}: weight {bad}: the training diverged or the file is damaged")
     student.load_state_dict(weights)
     student = student.eval()
+    student.source, student.allow_unseen_elements = str(path), allow_unseen_elements
     return student.to(device=device, dtype=dtype) if dtype is not None else student.to(device)
 
 
@@ -146,6 +160,7 @@ def check_resumable(path: str | Path, module) -> None:
     whose student or loss-term weights are not the ones this run builds, or whose weights are not finite."""
     path = Path(path)
     hparams, state = _read(path)
+    add_legacy_elements(state, "student.")  # as DistillModule.on_load_checkpoint adds them when Lightning reads it
     theirs, _ = _records(hparams, path)
     ours = Record(module.hparams["student"]["key"], module.hparams["student"]["kwargs"])
     differ = ["key"] if theirs.key != ours.key else \

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from hessdistill.data.labels import REFERENCES
+from hessdistill.errors import HessdistillError
 from hessdistill.registry import TEACHERS, Record, RecordError, check_plain
 
 RUN_CONFIG = "config.yaml"  # the resolved config of a run, in its directory (written by hessdistill-train)
@@ -28,7 +29,7 @@ MAX_NESTING = 3  # teachers wrapping teachers (finite differences of a model)
 SUBSET_FIELDS = ("name", "store", "split", "split_seed", "split_by", "split_file", "batch_size", "eval_batch_size")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(HessdistillError, ValueError):
     """A run folder whose records cannot be used; the message names the file, in one line."""
 
 

@@ -26,6 +26,7 @@ from scipy.spatial import cKDTree
 from torch_geometric.data import Batch
 
 from hessdistill.data.structures import Structure
+from hessdistill.errors import HessdistillError
 from hessdistill.hessian.memory import SavedTensorBytes, free_memory
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ HESSIAN_COPIES = 4  # dense (3N)² float64 arrays alive at once in the teacher s
 PROBE_ATOMS = 8
 
 
-class MemoryEstimateError(MemoryError):
+class MemoryEstimateError(HessdistillError, MemoryError):
     """Work whose estimated peak memory exceeds what the device has available; the message names the work, the
     estimate and the setting to change."""
 

@@ -11,6 +11,7 @@ from torch_geometric.data import Batch
 from hessdistill.data.structures import Structure
 from hessdistill.devices import module_device, resolve_device
 from hessdistill.hessian.rows import force_jacobian_rows
+from hessdistill.models.elements import check_elements
 
 
 class TorchCalculator(Calculator):
@@ -20,19 +21,23 @@ class TorchCalculator(Calculator):
     (``get_hessian``). Energies are float64 sums whatever the model's dtype (meV resolution on totals of ~10⁴ eV).
 
     device: where the model runs (``hessdistill.devices``: auto, cpu, cuda, cuda:<i>; None: where it already is);
-    every structure's batch is built on that device."""
+    every structure's batch is built on that device. A structure with an element the student was not trained on is
+    refused (``models.elements.UnseenElementError``) unless ``allow_unseen_elements``."""
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                 **kwargs) -> None:
+                 allow_unseen_elements: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model if device is None else model.to(resolve_device(device))
         self.device = module_device(self.model)
         self.dtype = dtype or next(model.parameters()).dtype
+        self.allow_unseen_elements = allow_unseen_elements
 
     def _batch(self, atoms) -> Batch:
-        return Batch.from_data_list([Structure.from_atoms(atoms).to_data(self.dtype)]).to(self.device)
+        batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(self.dtype)]).to(self.device)
+        check_elements(self.model, batch.z, atoms.get_chemical_formula(), self.allow_unseen_elements)
+        return batch
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
@@ -64,6 +69,7 @@ def model_hessian(model, atoms, make_batch=None) -> np.ndarray:
     if make_batch is None:
         dtype = next(model.parameters()).dtype
         batch = Batch.from_data_list([Structure.from_atoms(atoms).to_data(dtype)]).to(module_device(model))
+        check_elements(model, batch.z, atoms.get_chemical_formula())
     else:
         batch = make_batch(atoms)
     if hasattr(model, "hessians"):

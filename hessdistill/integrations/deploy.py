@@ -24,12 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from hessdistill.data.graph import batch_radius_graph, radius_graph
+from hessdistill.errors import HessdistillError
 from hessdistill.integrations.deployed_file import import_metatomic, load_deployed
+from hessdistill.models.elements import N_ELEMENTS
 
 DEPLOYED_NAME = "deployed.pt"  # the deployed model's file name in a training run directory
 
 
-class DeployError(ValueError):
+class DeployError(HessdistillError, ValueError):
     """A student that cannot be deployed; the message says which and why."""
 
 
@@ -64,13 +66,14 @@ def _graph_function(student):
 
 
 def student_species(student) -> list[int]:
-    """Atomic numbers the student knows: a MACE student's element list, else the elements with a reference energy
-    (those of its training set), else every element 1–118 (an untrained student)."""
+    """Atomic numbers the deployed file accepts: the student's training elements (``trained_elements``; every element
+    1–118 for an untrained student), within a MACE student's own element list. Engines refuse any other, as
+    hessdistill's own paths do (``models.elements``)."""
+    known = student.trained_elements.detach().cpu().clone()
     index = getattr(student.representation, "element_index", None)
     if index is not None:
-        return torch.nonzero(index >= 0).flatten().tolist()
-    known = (torch.nonzero(student.atom_refs[1:] != 0).flatten() + 1).tolist()
-    return known or list(range(1, 119))
+        known &= index.detach().cpu()[: len(known)] >= 0
+    return torch.nonzero(known).flatten().tolist()
 
 
 def _example_graph(species: list[int], sizes: tuple[int, ...], seed: int, cutoff: float, dtype, device):
@@ -138,9 +141,10 @@ def deploy_student(student, path: str | Path, devices: tuple[str, ...] | None = 
         cores.append(_traced_core(moved, graph_fn, species, torch.device(device)).cpu())
     module = MetatomicStudent(cores, list(devices), student.atom_refs.detach().cpu(), float(student.cutoff),
                               int(student.max_neighbors or 0), student.force_mode == "direct").eval()
-    outputs = {"energy": mta.ModelOutput(quantity="energy", unit="eV", sample_kind="system")}
+    # units without metatomic's deprecated `quantity`: engines convert from the unit expression
+    outputs = {"energy": mta.ModelOutput(unit="eV", sample_kind="system")}
     if student.force_mode == "direct":
-        outputs["non_conservative_force"] = mta.ModelOutput(quantity="force", unit="eV/Angstrom", sample_kind="atom")
+        outputs["non_conservative_force"] = mta.ModelOutput(unit="eV/Angstrom", sample_kind="atom")
     capabilities = mta.ModelCapabilities(outputs=outputs, atomic_types=species, interaction_range=float(student.cutoff),
                                      length_unit="angstrom", supported_devices=list(devices),
                                      dtype=str(dtype).removeprefix("torch."))
@@ -159,15 +163,21 @@ class DeployedModel(nn.Module):
     package's vesin code (batched), the file's own ``atom_outputs`` for the rest.
 
     device: where it runs (a device type the file was deployed for). allow_extensions: shared libraries the file
-    lists that you trust (``deployed_file.load_deployed``); a file listing any other is refused."""
+    lists that you trust (``deployed_file.load_deployed``); a file listing any other is refused. Structures with
+    elements outside the file's species are refused by the calculator and the torch-sim adapter, as engines refuse
+    them, unless ``allow_unseen_elements`` (``models.elements``)."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu",
-                 allow_extensions: Iterable[str | Path] = ()) -> None:
+                 allow_extensions: Iterable[str | Path] = (), allow_unseen_elements: bool = False) -> None:
         super().__init__()
         self.model = load_deployed(path, allow_extensions).to(device)
         capabilities = self.model.capabilities()
         self.cutoff = capabilities.interaction_range
         self.species = list(capabilities.atomic_types)
+        known = torch.zeros(N_ELEMENTS, dtype=torch.bool)
+        known[[z for z in self.species if 0 < z < N_ELEMENTS]] = True
+        self.register_buffer("trained_elements", known.to(device))
+        self.source, self.allow_unseen_elements = str(path), allow_unseen_elements
         self.force_mode = "direct" if "non_conservative_force" in capabilities.outputs else "conservative"
 
     def energy_forces(self, batch) -> tuple[Tensor, Tensor]:

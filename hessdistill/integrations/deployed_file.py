@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from hessdistill.errors import HessdistillError
+
 LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")
 LIBRARY_LISTS = ("extensions-deps", "extensions")  # metatomic's metadata entries naming shared libraries, load order
 
@@ -49,7 +51,7 @@ def import_metatomic():
     return metatomic.torch
 
 
-class DeployedFileError(ValueError):
+class DeployedFileError(HessdistillError, ValueError):
     """A deployed model file that is refused; the message names the file and what is wrong."""
 
 

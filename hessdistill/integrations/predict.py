@@ -6,6 +6,7 @@ from pathlib import Path
 
 import ase.io
 import numpy as np
+import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from torch_geometric.data import Batch
 
@@ -13,6 +14,7 @@ from hessdistill.data.sources.ase_files import read_frames
 from hessdistill.data.structures import Structure
 from hessdistill.devices import module_device
 from hessdistill.hessian.footprint import PREDICTION_PEAK, check_fits, measure_graph_cost, neighbourhood
+from hessdistill.models.elements import check_elements
 
 
 def check_prediction_memory(student, structures: list[Structure], batch_size: int, warn_gib: float) -> None:
@@ -35,17 +37,20 @@ def check_prediction_memory(student, structures: list[Structure], batch_size: in
 
 
 def predict_file(student, input_path: str | Path, output_path: str | Path, batch_size: int = 64,
-                 memory_warn_gib: float | None = 4.0) -> int:
+                 memory_warn_gib: float | None = 4.0, allow_unseen_elements: bool = False) -> int:
     """Read every frame of ``input_path`` (any ASE format), compute the student's energy (eV) and forces (eV/Å) in
     batches of ``batch_size`` frames on the student's device, and write the frames with them to ``output_path``
     (extxyz). Returns the number of frames. memory_warn_gib: check the estimated peak memory first
-    (``check_prediction_memory``), warning above this many GiB; None: no check."""
+    (``check_prediction_memory``), warning above this many GiB; None: no check. A frame with an element the student
+    was not trained on is refused before anything is computed, unless ``allow_unseen_elements``."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected an integer ≥ 1 (frames per student call)")
     input_path = Path(input_path)
     frames = [(k, atoms) for k, atoms in read_frames(input_path)]
     structures = [Structure.from_atoms(atoms, source=f"{input_path}[frame {k}]").validate(require_labels=False)
                   for k, atoms in frames]
+    for structure in structures:
+        check_elements(student, torch.as_tensor(structure.z), structure.source, allow_unseen_elements)
     if memory_warn_gib is not None:
         check_prediction_memory(student, structures, batch_size, memory_warn_gib)
     dtype, device = next(student.parameters()).dtype, module_device(student)

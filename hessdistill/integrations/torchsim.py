@@ -14,6 +14,7 @@ from torch_geometric.data import Batch
 from torch_sim.models.interface import ModelInterface
 
 from hessdistill.devices import module_device
+from hessdistill.models.elements import check_elements
 
 
 def model_dtype(model) -> torch.dtype:
@@ -35,11 +36,14 @@ def state_batch(state, dtype: torch.dtype) -> Batch:
 class TorchSimModel(ModelInterface):
     """``model`` (``energy_forces(batch) -> (energies (B,) eV, forces (N, 3) eV/Å)``) as a torch-sim
     ``ModelInterface``: every system of a state in one model call. dtype: the float type of the simulation's states
-    (positions, momenta; the model computes in its own); device: the states' (default: the model's)."""
+    (positions, momenta; the model computes in its own); device: the states' (default: the model's). A state with an
+    element the student was not trained on is refused (``models.elements``) unless ``allow_unseen_elements``."""
 
-    def __init__(self, model, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None) -> None:
+    def __init__(self, model, dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
+                 allow_unseen_elements: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.allow_unseen_elements = allow_unseen_elements
         self._device = torch.device(device) if device is not None else module_device(model)
         self._dtype = dtype
         self._compute_forces = True
@@ -48,5 +52,8 @@ class TorchSimModel(ModelInterface):
         self._model_dtype = model_dtype(model)
 
     def forward(self, state, **_) -> dict[str, Tensor]:
-        energy, forces = self.model.energy_forces(state_batch(state, self._model_dtype))
+        batch = state_batch(state, self._model_dtype)
+        check_elements(self.model, batch.z, lambda unseen: f"torch-sim system(s) "
+                       f"{torch.unique(batch.batch[unseen]).tolist()}", self.allow_unseen_elements)
+        energy, forces = self.model.energy_forces(batch)
         return {"energy": energy.to(self._dtype), "forces": forces.to(self._dtype)}

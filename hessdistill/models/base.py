@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from hessdistill.data.graph import batch_radius_graph, tile_graph
+from hessdistill.models.elements import elements_of, every_element
 from hessdistill.models.heads import GatedEquivariantBlock, ProjectedEmbedding, mlp
 
 ForceMode = Literal["direct", "conservative"]
@@ -57,7 +58,13 @@ class ForceField(nn.Module):
 
     Energy U = Σ_i (scale · MLP(s_i) + ref[z_i]) in eV, summed in float64; ``atom_refs`` (119,) eV and ``scale`` (eV)
     are buffers set from training statistics by ``set_energy_statistics``. Direct forces = scale · head(s, v) eV/Å.
+    ``trained_elements`` (119,) bool, set with them, holds the training split's elements: every path that evaluates
+    a student refuses others (``models.elements.check_elements``) unless ``allow_unseen_elements`` (an attribute
+    of this object, not saved) or the path's own opt-in says otherwise; ``source`` names the file it was loaded from.
     """
+
+    allow_unseen_elements: bool = False
+    source: str | None = None
 
     def __init__(self, representation: nn.Module, force_mode: ForceMode = "direct", cutoff: float = 5.0,
                  max_neighbors: int | None = None) -> None:
@@ -78,6 +85,7 @@ class ForceField(nn.Module):
                 self.edge_force_head = mlp(fe, fe // 2, 1)
         self.register_buffer("atom_refs", torch.zeros(119))
         self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("trained_elements", every_element())  # until set_energy_statistics says otherwise
 
     def use_teacher_embeddings(self, z: Tensor, table: Tensor) -> None:
         """a2a: replace the representation's element embedding (its ``embedding``, an nn.Embedding(119, F)) by a
@@ -89,9 +97,11 @@ class ForceField(nn.Module):
         self.representation.embedding = ProjectedEmbedding(z, table, old.embedding_dim).to(old.weight)
 
     def set_energy_statistics(self, atom_refs: Tensor, scale: float) -> None:
-        """atom_refs: (119,) eV per element (linear fit of training energies); scale: force RMS, eV/Å."""
+        """atom_refs: (119,) eV per element (linear fit of training energies; 0 for the elements absent from them);
+        scale: force RMS, eV/Å. The elements with a reference energy become the student's ``trained_elements``."""
         self.atom_refs.copy_(atom_refs.to(self.atom_refs))
         self.scale.fill_(float(scale))
+        self.trained_elements.copy_(elements_of(atom_refs))
 
     def ensure_graph(self, batch):
         """Add edge_index/edge_shift (radius graph at this student's cutoff) to a batch that has none."""

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from hessdistill.models.base import AtomFeatures, ForceField
+from hessdistill.quiet import import_mace
 
 # SPICE's elements: H Li C N O F Na Mg P S Cl K Ca Br I
 SPICE_ELEMENTS = (1, 3, 6, 7, 8, 9, 11, 12, 15, 16, 17, 19, 20, 35, 53)
@@ -29,9 +30,8 @@ class MACERepresentation(nn.Module):
                  num_interactions: int = 2, correlation: int = 3, num_bessel: int = 8, cutoff: float = 5.0,
                  avg_num_neighbors: float = 10.0, radial_mlp: tuple[int, ...] = (32, 32)) -> None:
         super().__init__()
-        import mace  # noqa: F401  (sets what e3nn needs to import under torch >= 2.6)
+        modules = import_mace()  # first: mace sets what e3nn needs to import under torch >= 2.6
         from e3nn import o3
-        from mace import modules
 
         self.hidden_channels = hidden_channels
         numbers = sorted(int(z) for z in atomic_numbers)

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hessdistill.errors import HessdistillError
 from hessdistill.hessian.full import batched_hessians
 from hessdistill.hessian.memory import LANE_BYTES_FACTOR, LaneChunker, MemoryBudget, SavedTensorBytes
 from hessdistill.hessian.rows import RowStrategy, force_jacobian_rows
 
 
-class UnsupportedElementError(ValueError):
+class UnsupportedElementError(HessdistillError, ValueError):
     """The teacher has no parameters for an element present in a structure."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hessdistill.quiet import import_mace
 from hessdistill.teachers.base import AutogradTeacher
 from hessdistill.teachers.weights import load_mace_foundation
 
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def load_mace_model(path: str | Path, dtype: torch.dtype) -> torch.nn.Module:
     """Load a full pickled MACE model (as saved by mace-torch) onto the CPU in ``dtype``."""
-    import mace  # noqa: F401  (sets what e3nn needs for unpickling under torch >= 2.6)
+    import_mace()  # what the pickle names, and what e3nn needs for unpickling under torch >= 2.6
 
     path = Path(path).expanduser()
     if not path.is_file():

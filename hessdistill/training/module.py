@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hessdistill.hessian.student_rows import resolve_student_strategy
 from hessdistill.metrics import batch_metrics
+from hessdistill.models.elements import add_legacy_elements
 from hessdistill.registry import PLUGINS, STUDENTS, Record, check_plain
 from hessdistill.training.predictions import predict
 from hessdistill.training.terms import Loss
@@ -96,6 +97,13 @@ class DistillModule(L.LightningModule):
             check_plain(applied.kwargs, f"what plugin {record.key} read from the data")  # the checkpoint keeps it
             self.hparams.plugins[k] = applied.as_dict()
         self.loss.setup(self.student, datamodule)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A checkpoint written before students recorded their training elements resumes with them derived from its
+        reference energies (``models.elements.add_legacy_elements``), in the weights and in the EMA's copy."""
+        for key in ("state_dict", "current_model_state"):
+            if isinstance(checkpoint.get(key), dict):
+                add_legacy_elements(checkpoint[key], "student.")
 
     # ---- loss ----------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -209,6 +209,29 @@ def test_evaluate_command_on_a_tiny_trained_checkpoint(labelled_store, tmp_path,
     assert json.loads((out / "metrics.json").read_text())["accuracy"] == acc
     report = (out / "metrics.md").read_text()
     assert all(f"## {part}" in report for part in ("Accuracy", "Speed", "MD", "FIRE", "Harmonic spectra"))
+    assert "None" not in report
+    for header in ("| structures | energy MAE (meV/atom) | force MAE (meV/Å) |", "structures/s", "ns/day",
+                   "student judged energy (eV)", "student judged max force (eV/Å)", "mean time to failure (ps)",
+                   "nve drift (eV/atom/ps)", "wavenumber MAE (cm⁻¹)"):
+        assert header in report, header
+
+
+def test_metrics_md_headers_carry_units_and_missing_values_show_as_a_dash(tmp_path):
+    from hessdistill.cli.evaluate import write_outputs
+
+    md_row = {"model": "student", "nvt_runs": 2, "stable_runs": 2, "simulated_ps": 1.0,
+              "mean_time_to_failure_ps": None, "nve_drift_eV_per_atom_per_ps": None}
+    write_outputs(tmp_path, {"checkpoint": "c.ckpt", "store": "s.h5", "split": "test", "teacher": "ani1x",
+                             "accuracy": {"structures": 4, "energy_mae": 1.5, "force_mae": 20.0, "hessian_mae": 0.3,
+                                          "loss_ef": 0.01, "teacher_force_mae": 2.0, "hessian_rows_per_structure": 4},
+                             "md_summary": [md_row], "spectra": [{"name": "CH4", "mae_cm1": 12.0}]})
+    report = (tmp_path / "metrics.md").read_text()
+    assert "| structures | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | L_EF (eV²) | " \
+           "teacher force MAE (meV/Å) | Hessian rows per structure |" in report
+    assert "| model | NVT runs | stable runs | simulated (ps) | mean time to failure (ps) | nve drift (eV/atom/ps) |" \
+           in report
+    assert "| student | 2 | 2 | 1 | — | — |" in report and "None" not in report
+    assert "| structure | wavenumber MAE (cm⁻¹) |" in report
 
 
 def test_checkpoints_that_name_code_outside_the_package_are_refused(tmp_path):

@@ -41,7 +41,10 @@ def test_langevin_snapshots_reproducible_and_moving():
 
 
 def test_label_cli_resumes(tmp_path):
-    from hessdistill.cli.label import main
+    from hessdistill.cli.entry import run
+
+    def main(argv):  # the flags of earlier versions, as aliases of key=value
+        run("label", argv)
 
     out = tmp_path / "labels.extxyz"
     args = ["--molecules", "CH4", "--seeds", "1", "2", "--snapshots", "2", "--equilibrate", "5", "--interval", "5",
@@ -76,7 +79,7 @@ def test_label_cli_given_structures_with_xtb_resumes_and_writes_a_store(tmp_path
     pytest.importorskip("tblite")
     import ase.io
 
-    from hessdistill.cli.label import main
+    from hessdistill.cli.entry import run
     from hessdistill.data.store import HessianStore
     from hessdistill.labelling.xtb import xtb_energy_forces
 
@@ -89,10 +92,10 @@ def test_label_cli_given_structures_with_xtb_resumes_and_writes_a_store(tmp_path
     given = tmp_path / "given.xyz"
     ase.io.write(given, frames[:2])
     out, store = tmp_path / "labels.extxyz", tmp_path / "s.h5"
-    main(["--structures", str(given), "--method", "xtb", "--out", str(out)])
+    run("label", [f"structures={given}", "method=xtb", f"out={out}"])
     assert [f.info["molecule"] for f in read_complete(out)] == ["H2O", "CH4"]
     ase.io.write(given, frames)  # one more structure: only it is labelled on the rerun
-    main(["--structures", str(given), "--method", "xtb", "--out", str(out), "--store", str(store)])
+    run("label", [f"structures={given}", "method=xtb", f"out={out}", f"store={store}"])
     labelled = read_complete(out)
     assert [(f.info["molecule"], f.info["frame"]) for f in labelled] == [("H2O", 0), ("CH4", 1), ("CH3Cl", 2)]
     assert all(f.info["method"] == "GFN2-xTB" for f in labelled)

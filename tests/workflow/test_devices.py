@@ -84,7 +84,8 @@ def test_evaluate_and_predict_move_their_models_to_the_setting(tmp_path, labelle
                                    *subset, *tiny]), str(tmp_path / "run"))
     loaded = []
     real = evaluate.load_student
-    monkeypatch.setattr(evaluate, "load_student", lambda path, device: loaded.append(device) or real(path, device))
+    monkeypatch.setattr(evaluate, "load_student",
+                        lambda path, device, **opts: loaded.append(device) or real(path, device, **opts))
     cfg = compose_config("evaluate", [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", *subset,
                                       "device=cuda:1", "teacher._target_=conftest.DeviceRecordingTeacher",
                                       "speed.enabled=false", "md.enabled=false", "relax.enabled=false",
@@ -95,7 +96,8 @@ def test_evaluate_and_predict_move_their_models_to_the_setting(tmp_path, labelle
     # hessdistill-predict loads its student where device= says
     from hessdistill.cli import predict
 
-    monkeypatch.setattr(predict, "load_student", lambda path, device: loaded.append(device) or real(path, device))
+    monkeypatch.setattr(predict, "load_student",
+                        lambda path, device, **opts: loaded.append(device) or real(path, device, **opts))
     ase.io.write(tmp_path / "in.xyz", [rattled("H2O")])
     predict.run(compose_config("predict", [f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
                                            f"input={tmp_path / 'in.xyz'}", f"output={tmp_path / 'out.xyz'}",

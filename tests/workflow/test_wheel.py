@@ -81,3 +81,26 @@ def test_a_missing_data_file_is_named_with_the_working_directory(installed, tmp_
                    "subset.store=stores/x.h5", "hydra.run.dir=pre")
     assert done.returncode != 0
     assert f"structure file not found: frames.xyz (relative to the working directory {tmp_path})" in done.stderr
+
+
+def test_the_installed_commands_answer_version_help_and_list_without_model_code(installed, tmp_path):
+    """The console scripts as installed: ``--version`` is hessdistill's, ``--help`` names only the command's own
+    groups (your --config-dir's included), ``hessdistill list`` works, and none of them imports torch."""
+    import hessdistill
+
+    for script in ("hessdistill", "hessdistill-train", "hessdistill-label"):
+        done = command(installed, tmp_path, script, "--version")
+        assert done.returncode == 0 and done.stdout == f"hessdistill {hessdistill.__version__}\n", done.stderr
+    (tmp_path / "myconf" / "subset").mkdir(parents=True)
+    (tmp_path / "myconf" / "subset" / "mine.yaml").write_text("defaults: [demo_hcno, _self_]\nname: mine\n")
+    done = command(installed, tmp_path, "hessdistill-train", "--config-dir", "myconf", "--help")
+    assert done.returncode == 0 and "subset: [demo_hcno], md22_buckyball_catcher" in done.stdout
+    assert ", mine, " in done.stdout  # the user's own config folder's subset among the options
+    done = command(installed, tmp_path, "hessdistill-predict", "--help")
+    assert done.returncode == 0 and "hessdistill-predict:" in done.stdout and "student:" not in done.stdout
+    done = command(installed, tmp_path, "hessdistill", "list", "experiments")
+    assert done.returncode == 0 and "experiments (experiment=<name>):" in done.stdout
+    done = command(installed, tmp_path, "python", "-c", "import sys; from hessdistill.cli.entry import run\n"
+                   "try:\n    run('train', ['--help'])\nexcept SystemExit:\n    pass\n"
+                   "assert 'torch' not in sys.modules and 'lightning' not in sys.modules")
+    assert done.returncode == 0, done.stderr[-2000:]
