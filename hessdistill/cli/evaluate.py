@@ -246,7 +246,7 @@ def write_outputs(out: Path, result: dict) -> None:
         writer = csv.writer(handle)
         writer.writerow(["metric", "value"])
         writer.writerows(flat.items())
-    reference = f"the teacher {result['teacher']}" if result["reference"] == "teacher" else "the reference (DFT)"
+    reference = f"the teacher {result['teacher']}" if result.get("reference") == "teacher" else "the reference (DFT)"
     sections = [f"# Evaluation of {result['checkpoint']}\n", f"{result['store']}, {result['split']} split, teacher "
                 f"{result['teacher']}\n", f"## Accuracy against {reference}\n", records_table([result["accuracy"]])]
     if "speed" in result:

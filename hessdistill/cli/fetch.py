@@ -12,13 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hessdistill.teachers.weights import ANI_INFO, MACE_FAMILIES, ani_info_file, load_mace_foundation, mace_cache_file
-
 DEFAULT_SIZE = {"mace_off": "medium", "mace_mp": "medium", "mace_omol": "extra_large"}
 
 
 def fetch(name: str) -> Path:
     """Download (unless cached) the weights named ``name`` and return the file they are in."""
+    # imported here, not at the top: the hessdistill.teachers package imports torch, which --help does not need
+    from hessdistill.teachers.weights import (
+        ANI_INFO,
+        MACE_FAMILIES,
+        ani_info_file,
+        load_mace_foundation,
+        mace_cache_file,
+    )
+
     family, _, size = name.partition(":")
     if family in ANI_INFO and not size:
         return ani_info_file(family)
@@ -31,7 +38,7 @@ def fetch(name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="hessdistill-fetch", description=__doc__.split("\n")[0])
     p.add_argument("models", nargs="+", help="ani2x, mace_off:<size>, mace_mp:<size>, mace_omol:<size>")
     for name in p.parse_args(argv).models:
         print(f"{name}: {fetch(name)}")

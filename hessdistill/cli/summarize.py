@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hessdistill.evaluation.run_folder import RunFolderError
-from hessdistill.evaluation.sweeps import summarize
-
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hessdistill-summarize", description=__doc__,
@@ -29,6 +26,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from hessdistill.evaluation.run_folder import RunFolderError  # after --help: these import torch
+    from hessdistill.evaluation.sweeps import summarize
+
     try:
         summary = summarize(args.folder, over=tuple(args.over))
     except (FileNotFoundError, RunFolderError) as exc:

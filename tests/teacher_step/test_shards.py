@@ -68,6 +68,7 @@ def test_subset_source_can_be_any_reader(tmp_path, rng):
     store = tmp_path / "water.h5"
     cfg = precompute_config(store, "subset.source._target_=hessdistill.data.sources.npz.read_npz",
                          f"subset.source.path={tmp_path / 'water.npz'}", "~subset.source.length_unit",
+                         "~subset.source.energy_key", "~subset.source.forces_key",
                          f"subset.source.energy_unit={kcal / mol}")
     run(cfg)
     with HessianStore(store) as s:
