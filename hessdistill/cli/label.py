@@ -28,6 +28,7 @@ from hessdistill.config import CONFIG_DIR
 
 METHODS = ("pyscf", "xtb")
 LIST_KEYS = ("molecules", "seeds")  # keys whose flag took several values
+RENAMED = {"teacher": "md_teacher", "teacher_info": "md_teacher_info"}  # flag → key (teacher= is a config group)
 PLAIN = re.compile(r"[\w.+\-/:*@]+")  # an override value Hydra reads as it is written (no quotes needed)
 
 
@@ -49,6 +50,7 @@ def overrides_from_flags(argv: list[str]) -> list[str]:
             k += 1
             continue
         key = flag[2:].replace("-", "_")
+        key = RENAMED.get(key, key)
         values = []
         k += 1
         while k < len(argv) and not argv[k].startswith("--") and "=" not in argv[k]:
@@ -96,7 +98,7 @@ def md_jobs(cfg: DictConfig, done: set):
     from hessdistill.labelling.md_sampling import langevin_snapshots
     from hessdistill.teachers.ani import ANITeacher
 
-    calc = TorchCalculator(ANITeacher(cfg.teacher, cfg.teacher_info), device=cfg.device)
+    calc = TorchCalculator(ANITeacher(cfg.md_teacher, cfg.md_teacher_info), device=cfg.device)
     for name in cfg.molecules:
         for seed in cfg.seeds:
             missing = [f for f in range(cfg.snapshots) if (name, seed, f) not in done]

@@ -192,13 +192,17 @@ def test_label_takes_key_value_and_its_flags_as_aliases():
     from hessdistill.cli.label import overrides_from_flags
 
     flags = ["--molecules", "CH3SH", "CH3Cl", "--seeds", "1", "2", "--snapshots", "3", "--out", "x.extxyz",
-             "--xc", "lda,vwn", "--basis", "6-31g*", "--xtb-method", "GFN1-xTB", "workers=2"]
+             "--xc", "lda,vwn", "--basis", "6-31g*", "--xtb-method", "GFN1-xTB", "--teacher", "ani2x",
+             "--teacher-info", "a/ani-2x_8x.info", "workers=2"]
     overrides = overrides_from_flags(flags)
     assert overrides == ["molecules=[CH3SH,CH3Cl]", "seeds=[1,2]", "snapshots=3", "out=x.extxyz", "xc='lda,vwn'",
-                         "basis=6-31g*", "xtb_method=GFN1-xTB", "workers=2"]
+                         "basis=6-31g*", "xtb_method=GFN1-xTB", "md_teacher=ani2x",
+                         "md_teacher_info=a/ani-2x_8x.info", "workers=2"]
     cfg = compose_config("label", overrides)
     assert list(cfg.molecules) == ["CH3SH", "CH3Cl"] and list(cfg.seeds) == [1, 2] and cfg.snapshots == 3
     assert (cfg.out, cfg.xc, cfg.basis, cfg.xtb_method, cfg.workers) == ("x.extxyz", "lda,vwn", "6-31g*", "GFN1-xTB", 2)
+    # --teacher is the MD model: `teacher=` would select the teacher config group of the other commands
+    assert (cfg.md_teacher, cfg.md_teacher_info) == ("ani2x", "a/ani-2x_8x.info")
     with pytest.raises(ValueError, match="--snapshots takes one value, got 2: write snapshots=<value>"):
         overrides_from_flags(["--snapshots", "1", "2"])
 
