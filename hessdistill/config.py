@@ -1,6 +1,7 @@
 """Where the Hydra configs live and the resolvers they use.
 
-The configs ship inside the package (``hessdistill/conf``), so every command finds them after a plain
+The configs live at the repository's top level (``conf/``) and ship inside the package as ``hessdistill/conf``
+(a link to ``../conf`` in the source tree; copied into the wheel), so every command finds them after a plain
 ``pip install``; add your own config folder with Hydra's ``--config-dir DIR`` (its groups extend ours, e.g.
 ``DIR/subset/mine.yaml`` → ``subset=mine``). The data sets the configs name ship as package data
 (``hessdistill/datasets``) and are named in YAML as ``${hd.dataset:demo/hcno_wb97x_631gd.extxyz}``; every other

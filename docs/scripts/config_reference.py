@@ -215,7 +215,7 @@ def _cell(text: str) -> str:
 def markdown(configs: list[ConfigFile]) -> str:
     """The reference page: one section per command config and per group, one table row per key."""
     out = ["# Configuration reference", "",
-           "Generated from the YAML files of `hessdistill/conf` at build time (`docs/scripts/config_reference.py`):",
+           "Generated from the YAML files of `conf/` at build time (`docs/scripts/config_reference.py`):",
            "each key's meaning is the comment written beside it. Set any key on the command line as "
            "`key=value` (e.g. `hessdistill-train datamodule.row_floor=0.1`), pick a group's option as "
            "`group=option` (`student=schnet`), and see the composed config of a command with "
